@@ -14,17 +14,19 @@ function(cairn_library name)
   target_compile_options(cairn_${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${CAIRN_WARNINGS}>)
 endfunction()
 
-# cairn_test(NAME SOURCES ... [DEPS ...] [LABELS ...])
-# A GoogleTest executable registered with ctest. Tests that start a node get CAIRN_BINARY so they
-# run the freshly built `cairn`, and CAIRN_SOURCE_DIR for fixtures.
+# cairn_test(NAME SOURCES ... [DEPS ...] [LABELS ...] [TIMEOUT s] [NEEDS_NODE])
+# A GoogleTest executable registered with ctest. Every test knows CAIRN_BINARY (the freshly built
+# `cairn`) and CAIRN_SOURCE_DIR (for fixtures); NEEDS_NODE makes the test build `cairn` first.
 function(cairn_test name)
-  cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "NEEDS_NODE" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main)
   target_compile_options(${name} PRIVATE ${CAIRN_WARNINGS})
   target_compile_definitions(${name} PRIVATE
     CAIRN_BINARY="$<TARGET_FILE:cairn>" CAIRN_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
-  add_dependencies(${name} cairn)
+  if(ARG_NEEDS_NODE)
+    add_dependencies(${name} cairn)
+  endif()
   add_test(NAME ${name} COMMAND ${name})
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 120)
