@@ -1,0 +1,45 @@
+#include "actors/router.h"
+
+#include <caf/all.hpp>
+
+#include "actors/messages.h"
+
+namespace cairn {
+
+std::map<std::string, Route, std::less<>> default_routes() {
+  return {
+      {std::string(msg::kEcho), {"echo", Role::client}},
+      {std::string(msg::kStatus), {"supervisor", Role::client}},
+      {std::string(msg::kEvents), {"supervisor", Role::client}},
+      {std::string(msg::kKillActor), {"supervisor", Role::admin}},
+      {std::string(msg::kSetLogLevel), {"supervisor", Role::admin}},
+      {std::string(msg::kShutdown), {"supervisor", Role::admin}},
+  };
+}
+
+ActorRouter::ActorRouter(const Directory& directory, std::map<std::string, Route, std::less<>> routes)
+    : directory_(directory), routes_(std::move(routes)) {}
+
+void ActorRouter::dispatch(CallPtr call) {
+  auto route = routes_.find(call->op());
+  if (route == routes_.end()) {
+    call->fail(Status(Code::unknown_op, "unknown op \"" + call->op() + "\""));
+    return;
+  }
+  if (call->role() < route->second.min_role) {
+    call->fail(Status(Code::permission_denied, call->op() + ": needs the " +
+                                                   std::string(role_name(route->second.min_role)) +
+                                                   " role; this token has the " + std::string(role_name(call->role())) +
+                                                   " role"));
+    return;
+  }
+  caf::actor target = directory_.find(route->second.actor);
+  if (!target) {
+    call->fail(Status(Code::unavailable, call->op() + ": actor \"" + route->second.actor + "\" is not running"));
+    return;
+  }
+  std::string op = call->op();
+  caf::anon_send(target, CallMessage{std::move(op), std::move(call)});
+}
+
+}  // namespace cairn

@@ -1,0 +1,41 @@
+// The `cairn` subcommands. Each returns the process exit code.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+namespace cairn::cli {
+
+// Exit codes shared by every command.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitError = 1;         // bad input, or the node answered with an error
+inline constexpr int kExitUnavailable = 2;   // could not reach the node
+inline constexpr int kExitEscalated = 3;     // the node stopped because an actor spent its restart budget
+
+// `cairn node`: flags map to config keys and override the file and environment.
+struct NodeArgs {
+  std::string config_file;
+  std::vector<std::pair<std::string, std::string>> overrides;
+};
+int run_node(const NodeArgs& args);
+
+// Flags every client command takes.
+struct ConnectArgs {
+  std::string address;   // --connect, else CAIRN_ADDR, else 127.0.0.1:7420
+  std::string token;     // --token, else CAIRN_TOKEN
+  std::string token_file;  // --token-file: read the first admin (else client) token from it
+  bool tls = false;
+  std::string tls_ca;
+  bool insecure = false;
+  double timeout_s = 10;
+  bool json = false;
+};
+void add_connect_flags(CLI::App& command, ConnectArgs& args);
+
+void add_client_commands(CLI::App& app);
+void add_config_commands(CLI::App& app);
+
+}  // namespace cairn::cli
