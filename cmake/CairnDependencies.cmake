@@ -40,6 +40,8 @@ if(NOT CAIRN_CUDA STREQUAL "OFF")
   endif()
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
+    # Hopper (the GPU machines) by default; override with -DCAIRN_CUDA_ARCHITECTURES=...
+    set(CAIRN_CUDA_ARCHITECTURES 90 CACHE STRING "CUDA architectures for gpu/")
     enable_language(CUDA)
     find_package(CUDAToolkit REQUIRED)
     set(CAIRN_HAVE_CUDA ON)

@@ -1,0 +1,87 @@
+#include "test_util.h"
+
+namespace cairn::testing {
+namespace {
+
+struct SharedNode {
+  std::unique_ptr<NodeProcess> node;
+  std::string error;
+  SharedNode() {
+    auto started = NodeProcess::start({});
+    if (started.ok()) {
+      node = std::move(started).value();
+    } else {
+      error = started.status().to_string();
+    }
+  }
+};
+
+SharedNode& shared() {
+  // Destroyed at exit, which kills the node.
+  static SharedNode instance;
+  return instance;
+}
+
+}  // namespace
+
+NodeProcess* shared_node() { return shared().node.get(); }
+std::string shared_node_error() { return shared().error; }
+
+ItemCallback EventLog::on_item() const {
+  return [state = state_](const std::string& body) {
+    auto event = wire::decode_bytes<msg::NodeEvent>(body);
+    if (!event.ok()) return;
+    {
+      std::lock_guard<std::mutex> lock(state->mutex);
+      state->events.push_back(std::move(event).value());
+    }
+    state->cv.notify_all();
+  };
+}
+
+std::function<void(const Status&)> EventLog::on_end() const {
+  return [state = state_](const Status& status) {
+    {
+      std::lock_guard<std::mutex> lock(state->mutex);
+      state->end = status;
+    }
+    state->cv.notify_all();
+  };
+}
+
+std::optional<msg::NodeEvent> EventLog::wait_for(const std::string& actor, const std::string& event,
+                                                 std::chrono::milliseconds timeout, size_t nth) const {
+  std::unique_lock<std::mutex> lock(state_->mutex);
+  std::optional<msg::NodeEvent> found;
+  state_->cv.wait_for(lock, timeout, [&] {
+    size_t seen = 0;
+    for (const auto& e : state_->events) {
+      if (e.actor == actor && e.event == event && seen++ == nth) {
+        found = e;
+        return true;
+      }
+    }
+    return false;
+  });
+  return found;
+}
+
+bool EventLog::wait_count(size_t count, std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> lock(state_->mutex);
+  return state_->cv.wait_for(lock, timeout, [&] { return state_->events.size() >= count; });
+}
+
+std::vector<msg::NodeEvent> EventLog::events() const {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  return state_->events;
+}
+
+std::string EventLog::describe() const {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  std::string out = "events so far:";
+  for (const auto& e : state_->events) out += " " + e.actor + ":" + e.event;
+  if (state_->end) out += " (stream ended: " + state_->end->to_string() + ")";
+  return out;
+}
+
+}  // namespace cairn::testing
