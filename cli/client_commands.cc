@@ -123,7 +123,8 @@ int cmd_ping(const ConnectArgs& args, int count) {
     if (!rtt.ok()) return report_error(args, "ping", rtt.status());
     rtts_ms.push_back(static_cast<double>(rtt->count()) / 1e6);
     if (!args.json) {
-      std::printf("pong from %s (%s): %.3f ms\n", (*client)->welcome().node.c_str(), args.address.empty() ? "" : args.address.c_str(), rtts_ms.back());
+      std::printf("pong from %s (%s): %.3f ms\n", (*client)->welcome().node.c_str(), (*client)->address().c_str(),
+                  rtts_ms.back());
     }
   }
   auto sorted = rtts_ms;

@@ -561,6 +561,8 @@ void Client::close() { impl_->shutdown(); }
 
 bool Client::connected() const { return impl_->is_connected.load(); }
 
+const std::string& Client::address() const { return impl_->options.address; }
+
 msg::Welcome Client::welcome() const {
   std::lock_guard<std::mutex> lock(impl_->welcome_mutex);
   return impl_->welcome;

@@ -95,6 +95,8 @@ class Client {
   // The node's handshake reply from the current (or last) connection.
   msg::Welcome welcome() const;
   bool connected() const;
+  // The HOST:PORT this client connects to.
+  const std::string& address() const;
   // Fails everything pending with `cancelled` and closes; the client cannot be used afterwards.
   void close();
 
