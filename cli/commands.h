@@ -37,5 +37,9 @@ void add_connect_flags(CLI::App& command, ConnectArgs& args);
 
 void add_client_commands(CLI::App& app);
 void add_config_commands(CLI::App& app);
+// cli/model_commands.cc: `cairn generate`.
+void add_model_commands(CLI::App& app);
+// cli/tokenizer_commands.cc: `cairn tokenize`, `cairn detokenize`, `cairn tokenizer train`.
+void add_tokenizer_commands(CLI::App& app);
 
 }  // namespace cairn::cli

@@ -50,3 +50,9 @@ if(NOT CAIRN_CUDA STREQUAL "OFF")
   endif()
 endif()
 message(STATUS "cairn: CUDA backend ${CAIRN_HAVE_CUDA}")
+
+# libtorch (Debian's CPU build here; the pip libtorch with CUDA on the GPU machines). Only model/
+# and the actors that run models link it: its headers cost ~40 s per translation unit.
+find_package(Torch REQUIRED)
+unset(GFLAGS_USE_TARGET_NAMESPACE)
+# Debian's TorchConfig puts its flags on the `torch` target; keep them off every other target.

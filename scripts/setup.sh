@@ -12,7 +12,8 @@ packages=(
   nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-msgpack
-  openssl
+  openssl curl
+  dict-devil
 )
 
 missing=()

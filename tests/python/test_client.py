@@ -25,7 +25,8 @@ from cairn_client import CairnError, Client, ProtocolError
 READY_TIMEOUT_S = 20.0
 EXIT_TIMEOUT_S = 10.0
 EVENT_TIMEOUT_S = 20.0
-READY_LINE = re.compile(r"cairn node ready protocol=(\S+) http=(\S*) pid=(\d+)")
+# Fields after pid (the node adds " tls=on" when serving TLS) are allowed.
+READY_LINE = re.compile(r"cairn node ready protocol=(\S+) http=(\S+) pid=(\d+)(?: \S+=\S+)*")
 
 
 class ScriptedPeer:
@@ -152,6 +153,7 @@ class NodeTest(unittest.TestCase):
         with open(os.open(token_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
             f.write(f"# test tokens\nadmin {self.admin_token}\nclient {self.client_token}\n")
         self.log_path = os.path.join(self.dir.name, "node.log")
+        self.addCleanup(self._keep_log_tail)  # runs before the directory's cleanup (LIFO)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [os.environ["CAIRN_BINARY"], "node", "--listen", "127.0.0.1:0",
@@ -170,11 +172,15 @@ class NodeTest(unittest.TestCase):
         """Runs the test; on failure prints the tail of the node's log, which names the cause."""
         result = result if result is not None else self.defaultTestResult()
         before = len(result.failures) + len(result.errors)
+        self.log_tail = ""
         super().run(result)
-        if len(result.failures) + len(result.errors) > before and os.path.exists(self.log_path):
-            with open(self.log_path, errors="replace") as log:
-                print(f"\n--- node log ({self.id()}) ---\n{log.read()[-4000:]}")
+        if len(result.failures) + len(result.errors) > before:
+            print(f"\n--- node log ({self.id()}) ---\n{self.log_tail}")
         return result
+
+    def _keep_log_tail(self):
+        with open(self.log_path, errors="replace") as log:
+            self.log_tail = log.read()[-4000:]
 
     def _read_ready_line(self):
         """Returns the protocol address from the ready line; fails if it is late or malformed."""

@@ -1,0 +1,1 @@
+// Keeps the model libraries non-empty while their parts land.
