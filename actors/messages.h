@@ -27,6 +27,9 @@ typename Inspector::result_type inspect(Inspector& f, CallMessage& x) {
 
 // Asks an actor for its mailbox size (answered with int64_t), sent at high priority.
 using mailbox_size_atom = caf::atom_constant<caf::atom("mboxsize")>;
+// Sent by the node when it starts shutting down: end the streams that would never finish (event
+// subscriptions) with shutting_down, so the grace period only waits for real work.
+using drain_atom = caf::atom_constant<caf::atom("drain")>;
 // Supervisor-internal: restart the named child now.
 using restart_atom = caf::atom_constant<caf::atom("restart")>;
 

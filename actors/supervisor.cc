@@ -229,6 +229,12 @@ caf::behavior supervisor_actor(Self self, SupervisorOptions options, std::vector
         ++it->second.restarts;
         start_child(self, it->second, true);
       },
+      [self](drain_atom) {
+        for (auto& call : self->state.subscribers) {
+          call->cancel(Status(Code::shutting_down, "node.events: the node is stopping"));
+        }
+        self->state.subscribers.clear();
+      },
       [self](mailbox_size_atom) { return static_cast<int64_t>(self->mailbox().size()); },
   };
 }

@@ -166,6 +166,13 @@ int run_node(const NodeArgs& args) {
   caf::actor supervisor =
       spawn_supervisor(system, supervisor_options, child_specs_for(config.roles), directory, hooks);
 
+  {
+    // The supervisor registers its children while it initializes; once it answers anything, every
+    // role is routable, and only then may the node say it is ready.
+    caf::scoped_actor self{system};
+    self->request(supervisor, caf::infinite, mailbox_size_atom::value).receive([](int64_t) {}, [](caf::error&) {});
+  }
+
   ActorRouter router(directory, default_routes());
   auto server_options = ServerOptions::from_config(config);
   server_options.node_id = identity->node_id;
@@ -220,6 +227,7 @@ int run_node(const NodeArgs& args) {
 
   // In-flight requests get the grace period to finish; new ones are refused meanwhile.
   server->begin_shutdown();
+  caf::anon_send(supervisor, drain_atom::value);
   if (http) http->stop();
   const auto grace_end = Clock::now() + std::chrono::milliseconds(config.shutdown_grace_ms);
   while (server->inflight() > 0 && Clock::now() < grace_end) std::this_thread::sleep_for(std::chrono::milliseconds(5));

@@ -430,20 +430,23 @@ class Connection final : public ConnectionBase {
     start_write();
   }
 
+  // Ends every request still in flight with `why`. Each cancel answers through settle(), which
+  // removes the entry, so the final replies go out while the connection can still write.
   void cancel_inflight(const Status& why) {
-    auto inflight = std::move(inflight_);
-    inflight_.clear();
-    server_->inflight.fetch_sub(static_cast<int64_t>(inflight.size()), std::memory_order_relaxed);
-    for (auto& [id, weak] : inflight) {
-      if (auto call = weak.lock()) call->cancel(why);
+    std::vector<std::shared_ptr<Call>> calls;
+    for (auto& [id, weak] : inflight_) {
+      if (auto call = weak.lock()) calls.push_back(std::move(call));
     }
+    for (auto& call : calls) call->cancel(why);
+    server_->inflight.fetch_sub(static_cast<int64_t>(inflight_.size()), std::memory_order_relaxed);
+    inflight_.clear();
   }
 
   void close_now() {
     if (closed_) return;
     closing_ = true;
+    closed_ = true;  // first: the cancelled calls' replies have nowhere to go now
     cancel_inflight(Status(Code::cancelled, "the connection closed"));
-    closed_ = true;
     ++read_timer_generation_;
     ++write_timer_generation_;
     read_timer_.cancel();
