@@ -1,0 +1,2 @@
+# Tests of model/nf4.h.
+cairn_test(nf4_test SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/nf4_test.cc DEPS cairn::model)
