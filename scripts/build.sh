@@ -7,6 +7,8 @@ build_dir=${1:-$root/build}
 build_type=${2:-RelWithDebInfo}
 
 "$root/scripts/setup.sh"
+# Paths relative to the checkout in ccache's keys, so another clone (CI's) reuses the cache.
+export CCACHE_BASEDIR="$root" CCACHE_NOHASHDIR=true
 if [ ! -f "$build_dir/build.ninja" ]; then
   cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE="$build_type" >/dev/null
 fi
