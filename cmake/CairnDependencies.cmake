@@ -1,6 +1,7 @@
 # Every third-party dependency is found here, once, and exposed as an imported target.
 find_package(Threads REQUIRED)
 find_package(OpenSSL REQUIRED)
+find_package(ZLIB REQUIRED)
 find_package(Boost 1.74 REQUIRED)
 find_package(msgpack CONFIG REQUIRED)  # target msgpackc-cxx
 find_package(nlohmann_json 3 REQUIRED)

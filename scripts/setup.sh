@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git
   libcaf-dev libssl-dev
   libtorch-dev libopenblas0-pthread
-  libmsgpack-cxx-dev librocksdb-dev
+  libmsgpack-cxx-dev librocksdb-dev zlib1g-dev
   libboost-dev libboost-system-dev
   nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev

@@ -1,0 +1,484 @@
+#include "model/llama.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+#include <limits>
+#include <set>
+
+#include "model/detail/rope.h"
+#include "model/detail/torch_error.h"
+
+namespace cairn {
+namespace {
+
+at::ScalarType scalar_type_of(Precision precision) {
+  switch (precision) {
+    case Precision::float32: return at::kFloat;
+    case Precision::bfloat16: return at::kBFloat16;
+    case Precision::float16: return at::kHalf;
+  }
+  return at::kFloat;
+}
+
+Result<at::Device> parse_device(const std::string& name) {
+  try {
+    return at::Device(name);
+  } catch (const std::exception&) {
+    return error(Code::invalid_argument, "device \"" + name + "\": expected \"cpu\", \"cuda\" or \"cuda:N\"");
+  }
+}
+
+// The most negative finite value of a floating dtype: what masked scores become, so a row with
+// nothing to attend to gives a uniform (finite) softmax instead of NaN.
+double lowest_value(at::ScalarType type) {
+  switch (type) {
+    case at::kHalf: return -65504.0;
+    case at::kBFloat16: return -3.3895313892515355e38;
+    case at::kDouble: return std::numeric_limits<double>::lowest();
+    default: return std::numeric_limits<float>::lowest();
+  }
+}
+
+std::string shape_text(at::IntArrayRef shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+// transformers' LlamaRMSNorm: normalise in float32, round to the input dtype, then scale.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+// x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1] for the halves x1, x2 of the last dim.
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor rotated = at::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)}, -1);
+  return x * cos + rotated * sin;
+}
+
+struct Layer {
+  Linear q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj;
+  at::Tensor input_layernorm;
+  at::Tensor post_attention_layernorm;
+};
+
+// The projections of a layer with their names inside it, in checkpoint order.
+template <class LayerT, class F>
+void for_each_projection(LayerT& layer, F&& f) {
+  f("self_attn.q_proj", layer.q_proj);
+  f("self_attn.k_proj", layer.k_proj);
+  f("self_attn.v_proj", layer.v_proj);
+  f("self_attn.o_proj", layer.o_proj);
+  f("mlp.gate_proj", layer.gate_proj);
+  f("mlp.up_proj", layer.up_proj);
+  f("mlp.down_proj", layer.down_proj);
+}
+
+// How random() initialises a tensor.
+enum class Init { normal, ones, zeros };
+
+// One base tensor of the model: its checkpoint name, shape, where it lives, and (for the weight
+// of a linear layer) the layer, whose FrozenWeight stands in when the dense weight is undefined.
+struct Slot {
+  std::string name;
+  std::vector<int64_t> shape;
+  at::Tensor* tensor;
+  const Linear* linear;
+  Init init;
+};
+
+// The linear layers of a model's Impl (const or not) by module name, in checkpoint order.
+template <class LinearT, class ImplT>
+std::vector<std::pair<std::string, LinearT*>> collect_linears(ImplT& impl) {
+  std::vector<std::pair<std::string, LinearT*>> out;
+  for (size_t i = 0; i < impl.layers.size(); ++i) {
+    const std::string prefix = "model.layers." + std::to_string(i) + ".";
+    for_each_projection(impl.layers[i], [&](const std::string& name, LinearT& linear) {
+      out.emplace_back(prefix + name, &linear);
+    });
+  }
+  out.emplace_back("lm_head", &impl.lm_head);
+  return out;
+}
+
+}  // namespace
+
+struct LlamaModel::Impl {
+  LlamaConfig config;
+  at::ScalarType dtype = at::kFloat;
+  at::Device device{at::kCPU};
+  at::Tensor embed_tokens;  // [vocab, hidden]
+  std::vector<Layer> layers;
+  at::Tensor norm;  // [hidden]
+  Linear lm_head;   // weight is embed_tokens when tied
+  at::Tensor inv_freq;  // float32 [head_dim / 2] on device
+  bool training = false;
+
+  // Every base tensor in checkpoint order; lm_head only when untied.
+  std::vector<Slot> slots() {
+    const LlamaConfig& c = config;
+    const int64_t h = c.hidden_size, q_out = c.num_attention_heads * c.head_dim,
+                  kv_out = c.num_key_value_heads * c.head_dim, inner = c.intermediate_size;
+    std::vector<Slot> out;
+    out.push_back({"model.embed_tokens.weight", {c.vocab_size, h}, &embed_tokens, nullptr, Init::normal});
+    for (size_t i = 0; i < layers.size(); ++i) {
+      Layer& layer = layers[i];
+      const std::string prefix = "model.layers." + std::to_string(i) + ".";
+      auto shape_of = [&](const std::string& name) -> std::pair<int64_t, int64_t> {
+        if (name == "self_attn.q_proj") return {q_out, h};
+        if (name == "self_attn.k_proj" || name == "self_attn.v_proj") return {kv_out, h};
+        if (name == "self_attn.o_proj") return {h, q_out};
+        if (name == "mlp.down_proj") return {h, inner};
+        return {inner, h};  // gate_proj, up_proj
+      };
+      for_each_projection(layer, [&](const std::string& name, Linear& linear) {
+        auto [rows, cols] = shape_of(name);
+        out.push_back({prefix + name + ".weight", {rows, cols}, &linear.mutable_weight(), &linear, Init::normal});
+        bool has_bias = name.rfind("self_attn.", 0) == 0 ? c.attention_bias : c.mlp_bias;
+        if (has_bias) out.push_back({prefix + name + ".bias", {rows}, &linear.mutable_bias(), nullptr, Init::zeros});
+      });
+      out.push_back({prefix + "input_layernorm.weight", {h}, &layer.input_layernorm, nullptr, Init::ones});
+      out.push_back({prefix + "post_attention_layernorm.weight", {h}, &layer.post_attention_layernorm, nullptr, Init::ones});
+    }
+    out.push_back({"model.norm.weight", {h}, &norm, nullptr, Init::ones});
+    if (!c.tie_word_embeddings) {
+      out.push_back({"lm_head.weight", {c.vocab_size, h}, &lm_head.mutable_weight(), &lm_head, Init::normal});
+    }
+    return out;
+  }
+
+  // Builds an Impl with empty layers for `config` and `options`.
+  static Result<std::unique_ptr<Impl>> make(const LlamaConfig& config, const ModelOptions& options) {
+    CAIRN_RETURN_IF_ERROR(config.validate());
+    auto device = parse_device(options.device);
+    if (!device.ok()) return device.status();
+    auto impl = std::make_unique<Impl>();
+    impl->config = config;
+    impl->dtype = scalar_type_of(options.dtype);
+    impl->device = *device;
+    impl->layers.resize(static_cast<size_t>(config.num_hidden_layers));
+    impl->inv_freq = detail::rope_inverse_frequencies(config).to(impl->device);
+    return impl;
+  }
+
+  void tie_head() {
+    if (config.tie_word_embeddings) lm_head.mutable_weight() = embed_tokens;
+  }
+
+  at::Tensor attention(const Layer& layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                       const at::Tensor& blocked, KvCache* cache, size_t layer_index) const {
+    const LlamaConfig& c = config;
+    const int64_t batch = x.size(0), length = x.size(1), heads = c.num_attention_heads,
+                  kv_heads = c.num_key_value_heads, head_dim = c.head_dim, group = heads / kv_heads;
+    at::Tensor q = apply_rope(layer.q_proj.forward(x, training).view({batch, length, heads, head_dim}), cos, sin);
+    at::Tensor k = apply_rope(layer.k_proj.forward(x, training).view({batch, length, kv_heads, head_dim}), cos, sin);
+    at::Tensor v = layer.v_proj.forward(x, training).view({batch, length, kv_heads, head_dim});
+    // Grouped-query attention without repeating keys and values: the `group` query heads that
+    // share kv head j (heads j*group .. j*group+group-1, as transformers' repeat_kv pairs them)
+    // become `group * length` query rows against that kv head.
+    q = q.view({batch, length, kv_heads, group, head_dim}).permute({0, 2, 3, 1, 4}).reshape({batch, kv_heads, group * length, head_dim});
+    k = k.transpose(1, 2);  // [batch, kv_heads, length, head_dim]
+    v = v.transpose(1, 2);
+    if (cache != nullptr) {
+      const int64_t past = cache->length_, total = past + length;
+      at::Tensor& keys = cache->keys_[layer_index];
+      at::Tensor& values = cache->values_[layer_index];
+      keys.narrow(2, past, length).copy_(k);
+      values.narrow(2, past, length).copy_(v);
+      k = keys.narrow(2, 0, total);
+      v = values.narrow(2, 0, total);
+    }
+    const int64_t keys_len = k.size(2);
+    at::Tensor scores = at::matmul(q, k.transpose(-2, -1));
+    scores.mul_(1.0 / std::sqrt(static_cast<double>(head_dim)));
+    if (blocked.defined()) {
+      scores.view({batch, kv_heads, group, length, keys_len}).masked_fill_(blocked, lowest_value(scores.scalar_type()));
+    }
+    at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+    if (training && c.attention_dropout > 0) probs = at::dropout(probs, c.attention_dropout, /*train=*/true);
+    at::Tensor out = at::matmul(probs, v)
+                         .view({batch, kv_heads, group, length, head_dim})
+                         .permute({0, 3, 1, 2, 4})
+                         .reshape({batch, length, heads * head_dim});
+    return layer.o_proj.forward(out, training);
+  }
+
+  at::Tensor mlp(const Layer& layer, const at::Tensor& x) const {
+    return layer.down_proj.forward(at::silu(layer.gate_proj.forward(x, training)) * layer.up_proj.forward(x, training),
+                                   training);
+  }
+};
+
+namespace detail {
+
+at::Tensor rope_inverse_frequencies(const LlamaConfig& config) {
+  // Each step as transformers writes it, in float32, so the frequencies agree bit for bit.
+  const int64_t dim = config.head_dim;
+  const RopeParameters& rope = config.rope;
+  at::Tensor exponent = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
+  at::Tensor inv_freq = at::reciprocal(at::pow(rope.theta, exponent));
+  switch (rope.type) {
+    case RopeType::standard:
+      return inv_freq;
+    case RopeType::linear:
+      return inv_freq / rope.factor;
+    case RopeType::llama3: {
+      const double old_context = static_cast<double>(rope.original_max_position_embeddings);
+      const double low_freq_wavelen = old_context / rope.low_freq_factor;
+      const double high_freq_wavelen = old_context / rope.high_freq_factor;
+      at::Tensor wavelen = at::reciprocal(inv_freq) * (2 * M_PI);
+      at::Tensor scaled = at::where(wavelen > low_freq_wavelen, inv_freq / rope.factor, inv_freq);
+      at::Tensor smooth =
+          (at::reciprocal(wavelen) * old_context - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor);
+      at::Tensor smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled;
+      at::Tensor medium = (wavelen < high_freq_wavelen).logical_not() & (wavelen > low_freq_wavelen).logical_not();
+      return at::where(medium, smoothed, scaled);
+    }
+  }
+  return inv_freq;
+}
+
+}  // namespace detail
+
+LlamaModel::LlamaModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+LlamaModel::LlamaModel(LlamaModel&&) noexcept = default;
+LlamaModel& LlamaModel::operator=(LlamaModel&&) noexcept = default;
+LlamaModel::~LlamaModel() = default;
+
+Result<LlamaModel> LlamaModel::random(const LlamaConfig& config, const ModelOptions& options, uint64_t seed) {
+  try {
+    auto impl = Impl::make(config, options);
+    if (!impl.ok()) return impl.status();
+    Impl& m = **impl;
+    at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+    const auto target = at::TensorOptions().dtype(m.dtype).device(m.device);
+    for (Slot& slot : m.slots()) {
+      at::Tensor value;
+      switch (slot.init) {
+        case Init::normal: value = at::normal(0.0, config.initializer_range, slot.shape, generator); break;
+        case Init::ones: value = at::ones(slot.shape); break;
+        case Init::zeros: value = at::zeros(slot.shape); break;
+      }
+      *slot.tensor = value.to(target);
+    }
+    if (config.pad_token_id) m.embed_tokens[*config.pad_token_id].zero_();
+    m.tie_head();
+    return LlamaModel(std::move(*impl));
+  } catch (...) {
+    return detail::current_exception_status("LlamaModel::random");
+  }
+}
+
+Result<LlamaModel> LlamaModel::from_weights(const LlamaConfig& config, const std::map<std::string, at::Tensor>& weights,
+                                            const ModelOptions& options) {
+  try {
+    auto impl = Impl::make(config, options);
+    if (!impl.ok()) return impl.status();
+    Impl& m = **impl;
+    const auto target = at::TensorOptions().dtype(m.dtype).device(m.device);
+    std::set<std::string> used;
+    for (Slot& slot : m.slots()) {
+      auto it = weights.find(slot.name);
+      if (it == weights.end()) {
+        return error(Code::invalid_argument, "tensor \"" + slot.name + "\" is missing");
+      }
+      if (it->second.sizes() != at::IntArrayRef(slot.shape)) {
+        return error(Code::invalid_argument, "tensor \"" + slot.name + "\" has shape " + shape_text(it->second.sizes()) +
+                                                 " but the config needs " + shape_text(slot.shape));
+      }
+      if (!at::isFloatingType(it->second.scalar_type())) {
+        return error(Code::invalid_argument, "tensor \"" + slot.name + "\" is not floating point");
+      }
+      *slot.tensor = it->second.detach().to(target);
+      used.insert(slot.name);
+    }
+    for (const auto& [name, tensor] : weights) {
+      if (used.count(name) != 0) continue;
+      static const std::string kInvFreq = ".rotary_emb.inv_freq";
+      const bool ignored =
+          (config.tie_word_embeddings && name == "lm_head.weight") ||
+          (name.size() >= kInvFreq.size() && name.compare(name.size() - kInvFreq.size(), kInvFreq.size(), kInvFreq) == 0);
+      if (!ignored) {
+        return error(Code::invalid_argument,
+                     "tensor \"" + name + "\" is not part of a LlamaForCausalLM with this config");
+      }
+    }
+    m.tie_head();
+    return LlamaModel(std::move(*impl));
+  } catch (...) {
+    return detail::current_exception_status("LlamaModel::from_weights");
+  }
+}
+
+const LlamaConfig& LlamaModel::config() const { return impl_->config; }
+at::ScalarType LlamaModel::dtype() const { return impl_->dtype; }
+at::Device LlamaModel::device() const { return impl_->device; }
+void LlamaModel::set_training(bool training) { impl_->training = training; }
+bool LlamaModel::training() const { return impl_->training; }
+
+Result<KvCache> LlamaModel::new_cache(int64_t batch, int64_t capacity) const {
+  if (batch <= 0 || capacity <= 0) {
+    return error(Code::invalid_argument, "KV cache batch (" + std::to_string(batch) + ") and capacity (" +
+                                             std::to_string(capacity) + ") must be positive");
+  }
+  try {
+    const LlamaConfig& c = impl_->config;
+    KvCache cache;
+    const auto options = at::TensorOptions().dtype(impl_->dtype).device(impl_->device);
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      cache.keys_.push_back(at::empty({batch, c.num_key_value_heads, capacity, c.head_dim}, options));
+      cache.values_.push_back(at::empty({batch, c.num_key_value_heads, capacity, c.head_dim}, options));
+    }
+    cache.batch_ = batch;
+    cache.capacity_ = capacity;
+    return cache;
+  } catch (...) {
+    return detail::current_exception_status("LlamaModel::new_cache");
+  }
+}
+
+Result<at::Tensor> LlamaModel::forward(const ForwardInput& input, KvCache* cache) const {
+  const Impl& m = *impl_;
+  const LlamaConfig& c = m.config;
+  auto invalid = [](const std::string& what) { return error(Code::invalid_argument, "forward: " + what); };
+  try {
+    const at::Tensor& raw_ids = input.input_ids;
+    if (!raw_ids.defined() || raw_ids.dim() != 2 || !at::isIntegralType(raw_ids.scalar_type(), /*includeBool=*/false)) {
+      return invalid("input_ids must be a 2-D integer tensor [batch, length]");
+    }
+    const int64_t batch = raw_ids.size(0), length = raw_ids.size(1);
+    if (batch == 0 || length == 0) return invalid("input_ids " + shape_text(raw_ids.sizes()) + " is empty");
+    at::Tensor ids = raw_ids.to(m.device, at::kLong);
+    auto [min_id, max_id] = at::aminmax(ids);
+    const int64_t lo = min_id.item<int64_t>(), hi = max_id.item<int64_t>();
+    if (lo < 0 || hi >= c.vocab_size) {
+      return invalid("token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the vocabulary [0, " +
+                     std::to_string(c.vocab_size) + ")");
+    }
+    const int64_t past = cache != nullptr ? cache->length_ : 0;
+    const int64_t total = past + length;
+    if (cache != nullptr) {
+      if (static_cast<int64_t>(cache->keys_.size()) != c.num_hidden_layers || cache->batch_ != batch) {
+        return invalid("the KV cache was made for batch " + std::to_string(cache->batch_) + " (input has " +
+                       std::to_string(batch) + ") or for another model");
+      }
+      if (total > cache->capacity_) {
+        return invalid("the KV cache holds " + std::to_string(cache->capacity_) + " positions; " +
+                       std::to_string(past) + " cached + " + std::to_string(length) + " new do not fit");
+      }
+    }
+    const auto long_options = at::TensorOptions().dtype(at::kLong).device(m.device);
+
+    at::Tensor positions;
+    if (input.position_ids.defined()) {
+      if (input.position_ids.sizes() != raw_ids.sizes()) {
+        return invalid("position_ids " + shape_text(input.position_ids.sizes()) + " must match input_ids " +
+                       shape_text(raw_ids.sizes()));
+      }
+      positions = input.position_ids.to(m.device, at::kLong);
+    } else {
+      positions = at::arange(past, total, long_options).unsqueeze(0).expand({batch, length});
+    }
+
+    // blocked: true where a query may not attend to a key; [batch or 1, 1, 1, length, total] so
+    // it broadcasts over the kv heads and query groups of the scores.
+    at::Tensor blocked;
+    at::Tensor causal_blocked;
+    if (input.attention_mask.defined() || length > 1) {
+      at::Tensor key_index = at::arange(total, long_options).unsqueeze(0);
+      at::Tensor query_index = at::arange(past, total, long_options).unsqueeze(1);
+      causal_blocked = key_index > query_index;  // [length, total]
+    }
+    if (input.attention_mask.defined()) {
+      const at::Tensor& mask = input.attention_mask;
+      if (mask.dim() != 2 || mask.size(0) != batch || mask.size(1) != total) {
+        return invalid("attention_mask " + shape_text(mask.sizes()) + " must be [batch, cached + new] = [" +
+                       std::to_string(batch) + ", " + std::to_string(total) + "]");
+      }
+      at::Tensor docs = mask.to(m.device, at::kLong);
+      at::Tensor key_docs = docs.unsqueeze(1);                          // [batch, 1, total]
+      at::Tensor query_docs = docs.narrow(1, past, length).unsqueeze(2);  // [batch, length, 1]
+      blocked = causal_blocked.unsqueeze(0) | (key_docs != query_docs) | (key_docs == 0);
+      blocked = blocked.view({batch, 1, 1, length, total});
+    } else if (length > 1) {
+      blocked = causal_blocked.view({1, 1, 1, length, total});
+    }
+
+    // Rotary tables in float32, rounded to the model dtype, as transformers does.
+    at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * m.inv_freq;  // [batch, length, head_dim/2]
+    at::Tensor angles = at::cat({freqs, freqs}, -1);
+    at::Tensor cos = angles.cos().to(m.dtype).unsqueeze(2);  // [batch, length, 1, head_dim]
+    at::Tensor sin = angles.sin().to(m.dtype).unsqueeze(2);
+
+    const int64_t padding_idx = c.pad_token_id ? *c.pad_token_id : -1;
+    at::Tensor hidden = at::embedding(m.embed_tokens, ids, padding_idx);
+    for (size_t i = 0; i < m.layers.size(); ++i) {
+      const Layer& layer = m.layers[i];
+      hidden = hidden + m.attention(layer, rms_norm(hidden, layer.input_layernorm, c.rms_norm_eps), cos, sin, blocked,
+                                    cache, i);
+      hidden = hidden + m.mlp(layer, rms_norm(hidden, layer.post_attention_layernorm, c.rms_norm_eps));
+    }
+    hidden = rms_norm(hidden, m.norm, c.rms_norm_eps);
+    if (input.last_position_only) hidden = hidden.narrow(1, length - 1, 1);
+    at::Tensor logits = m.lm_head.forward(hidden, m.training);
+    if (cache != nullptr) cache->length_ = total;
+    return logits;
+  } catch (...) {
+    return detail::current_exception_status("LlamaModel::forward");
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> LlamaModel::named_parameters() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (Slot& slot : impl_->slots()) {
+    if (slot.tensor->defined()) out.emplace_back(slot.name, *slot.tensor);
+  }
+  for (const auto& [name, linear] : linear_layers()) {
+    if (!linear->lora()) continue;
+    out.emplace_back(name + ".lora_A.weight", linear->lora()->a);
+    out.emplace_back(name + ".lora_B.weight", linear->lora()->b);
+  }
+  return out;
+}
+
+std::vector<at::Tensor> LlamaModel::trainable_parameters() const {
+  std::vector<at::Tensor> out;
+  for (auto& [name, tensor] : named_parameters()) {
+    if (tensor.requires_grad()) out.push_back(tensor);
+  }
+  return out;
+}
+
+void LlamaModel::set_base_trainable(bool trainable) {
+  for (Slot& slot : impl_->slots()) {
+    if (slot.tensor->defined()) slot.tensor->requires_grad_(trainable);
+  }
+}
+
+Result<std::vector<std::pair<std::string, at::Tensor>>> LlamaModel::checkpoint_weights() const {
+  try {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (Slot& slot : impl_->slots()) {
+      if (slot.tensor->defined()) {
+        out.emplace_back(slot.name, *slot.tensor);
+      } else if (slot.linear != nullptr) {
+        out.emplace_back(slot.name, slot.linear->dense_weight(impl_->dtype));
+      }
+    }
+    return out;
+  } catch (...) {
+    return detail::current_exception_status("LlamaModel::checkpoint_weights");
+  }
+}
+
+std::vector<std::pair<std::string, Linear*>> LlamaModel::linear_layers() { return collect_linears<Linear>(*impl_); }
+
+std::vector<std::pair<std::string, const Linear*>> LlamaModel::linear_layers() const {
+  return collect_linears<const Linear>(static_cast<const Impl&>(*impl_));
+}
+
+}  // namespace cairn
