@@ -1,5 +1,6 @@
 #include "cairn/client.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
@@ -326,8 +327,10 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     last_connection_error = Status();
     backoff = options.reconnect_initial;
     for (auto& [id, frame] : unsent) {
+      auto it = pending.find(id);
+      if (it == pending.end()) continue;  // timed out while disconnected: it must never run late
       out_pending += frame;
-      if (auto it = pending.find(id); it != pending.end()) it->second.sent = true;
+      it->second.sent = true;
     }
     unsent.clear();
     start_write();
@@ -424,6 +427,11 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
         } else {
           ++it;
         }
+      }
+      if (!expired.empty() && !unsent.empty()) {
+        unsent.erase(std::remove_if(unsent.begin(), unsent.end(),
+                                    [this](const auto& entry) { return pending.count(entry.first) == 0; }),
+                     unsent.end());
       }
       for (auto& [id, p] : expired) fail(p, Status(Code::timeout, p.op + ": no reply within the deadline"));
       arm_sweep();

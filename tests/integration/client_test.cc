@@ -1,5 +1,6 @@
 // The C++ client against a real node: handshake, roles, the call styles, streams and HTTP.
 #include <future>
+#include <limits>
 
 #include "test_util.h"
 
@@ -77,11 +78,12 @@ TEST_F(ClientTest, StatusListsTheEchoActorRunning) {
   EXPECT_FALSE(status->tls);
   EXPECT_GE(status->connections, 1u);
   EXPECT_EQ(status->node_id, client->welcome().node_id);
-  ASSERT_EQ(status->actors.size(), 1u);
-  EXPECT_EQ(status->actors[0].name, "echo");
-  EXPECT_EQ(status->actors[0].state, "running");
-  EXPECT_EQ(status->actors[0].restarts, 0u);
-  EXPECT_GE(status->actors[0].mailbox, 0);
+  const msg::ActorStatus* echo = find_actor(*status, "echo");
+  ASSERT_NE(echo, nullptr) << "node.status lists no echo actor";
+  EXPECT_EQ(echo->state, "running");
+  EXPECT_EQ(echo->restarts, 0u);
+  EXPECT_GE(echo->mailbox, 0);
+  for (const auto& actor : status->actors) EXPECT_EQ(actor.state, "running") << actor.name;
 }
 
 TEST_F(ClientTest, CallAsyncRunsItsCallbackWithTheReply) {
@@ -134,8 +136,9 @@ TEST_F(ClientTest, ClientTokenMayNotUseAdminOps) {
   auto status = client->call_as<msg::NodeStatus>(msg::kStatus, msg::Empty{}, 5s);
   ASSERT_TRUE(status.ok()) << status.status().to_string();
   EXPECT_EQ(status->state, "running");
-  ASSERT_EQ(status->actors.size(), 1u);
-  EXPECT_EQ(status->actors[0].restarts, 0u);
+  const msg::ActorStatus* echo = find_actor(*status, "echo");
+  ASSERT_NE(echo, nullptr) << "node.status lists no echo actor";
+  EXPECT_EQ(echo->restarts, 0u);
 }
 
 TEST_F(ClientTest, BadTokenIsRefusedAndNotLogged) {

@@ -27,6 +27,13 @@ SharedNode& shared() {
 NodeProcess* shared_node() { return shared().node.get(); }
 std::string shared_node_error() { return shared().error; }
 
+const msg::ActorStatus* find_actor(const msg::NodeStatus& status, const std::string& name) {
+  for (const auto& actor : status.actors) {
+    if (actor.name == name) return &actor;
+  }
+  return nullptr;
+}
+
 ItemCallback EventLog::on_item() const {
   return [state = state_](const std::string& body) {
     auto event = wire::decode_bytes<msg::NodeEvent>(body);

@@ -41,6 +41,9 @@ namespace cairn::testing {
 NodeProcess* shared_node();
 std::string shared_node_error();
 
+// The entry for `name` in a node.status reply, or nullptr.
+const msg::ActorStatus* find_actor(const msg::NodeStatus& status, const std::string& name);
+
 // Collects the items of a node.events subscription; tests wait on it for a given event. The
 // callbacks run on the client's I/O thread; the waits on the test thread.
 class EventLog {
