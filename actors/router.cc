@@ -3,11 +3,12 @@
 #include <caf/all.hpp>
 
 #include "actors/messages.h"
+#include "actors/registry.h"
 
 namespace cairn {
 
 std::map<std::string, Route, std::less<>> default_routes() {
-  return {
+  std::map<std::string, Route, std::less<>> routes = {
       {std::string(msg::kEcho), {"echo", Role::client}},
       {std::string(msg::kStatus), {"supervisor", Role::client}},
       {std::string(msg::kEvents), {"supervisor", Role::client}},
@@ -15,6 +16,8 @@ std::map<std::string, Route, std::less<>> default_routes() {
       {std::string(msg::kSetLogLevel), {"supervisor", Role::admin}},
       {std::string(msg::kShutdown), {"supervisor", Role::admin}},
   };
+  for (const auto& op : registry_ops()) routes.emplace(std::string(op.name), Route{"registry", op.min_role});
+  return routes;
 }
 
 ActorRouter::ActorRouter(const Directory& directory, std::map<std::string, Route, std::less<>> routes)

@@ -241,13 +241,21 @@ caf::behavior supervisor_actor(Self self, SupervisorOptions options, std::vector
 
 }  // namespace
 
-std::vector<std::string> known_roles() { return {"echo"}; }
+std::vector<std::string> known_roles() { return {"echo", "registry"}; }
 
-std::vector<ChildSpec> child_specs_for(const std::vector<std::string>& roles) {
+std::vector<ChildSpec> child_specs_for(const std::vector<std::string>& roles, const RoleContext& context) {
   std::vector<ChildSpec> specs;
   for (const auto& role : roles) {
     if (role == "echo") {
       specs.push_back({role, [](caf::actor_system& system) { return system.spawn(echo_actor); }});
+    } else if (role == "registry") {
+      if (context.registry.store == nullptr || context.registry.blobs == nullptr) {
+        spdlog::error("supervisor: role registry needs the node's registry and blob stores; not started");
+        continue;
+      }
+      specs.push_back({role, [registry = context.registry](caf::actor_system& system) {
+                         return spawn_registry(system, registry);
+                       }});
     }
   }
   return specs;

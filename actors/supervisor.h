@@ -11,6 +11,7 @@
 #include <caf/all.hpp>
 
 #include "actors/directory.h"
+#include "actors/registry.h"
 #include "actors/restart_policy.h"
 #include "runtime/messages/node.h"
 
@@ -22,10 +23,17 @@ struct ChildSpec {
   std::function<caf::actor(caf::actor_system&)> spawn;
 };
 
-// The roles this build can run, by name ("echo", ...), in the order the node starts them.
+// What the node lends to the roles that need it. Everything pointed to is owned by the node and
+// outlives the actor system, so a restarted child continues with the same resources.
+struct RoleContext {
+  RegistryContext registry;  // "registry": both stores must be set
+};
+
+// The roles this build can run, by name ("echo", "registry", ...), in the order the node starts them.
 std::vector<std::string> known_roles();
-// Specs for a config's roles; every name must be in known_roles().
-std::vector<ChildSpec> child_specs_for(const std::vector<std::string>& roles);
+// Specs for a config's roles; every name must be in known_roles(), and roles that need a resource
+// of `context` must have it (a role without its resource is left out, with an error logged).
+std::vector<ChildSpec> child_specs_for(const std::vector<std::string>& roles, const RoleContext& context = {});
 
 // What the supervisor needs from the node around it. Both are called on the supervisor's thread
 // and must be thread-safe with respect to the rest of the node.

@@ -12,7 +12,6 @@
 #include "runtime/config.h"
 
 namespace cairn::cli {
-namespace {
 
 using nlohmann::json;
 
@@ -20,7 +19,6 @@ std::chrono::milliseconds timeout_of(const ConnectArgs& args) {
   return std::chrono::milliseconds(static_cast<int64_t>(args.timeout_s * 1000));
 }
 
-// Prints an error the way every client command does: JSON on stdout with --json, text on stderr.
 int report_error(const ConnectArgs& args, const std::string& command, const Status& status) {
   if (args.json) {
     std::cout << json{{"error", {{"code", code_name(status.code())}, {"message", status.message()}}}}.dump() << "\n";
@@ -55,6 +53,8 @@ Result<std::unique_ptr<Client>> open_client(const ConnectArgs& args) {
   options.client_name = "cairn-cli";
   return Client::connect(options);
 }
+
+namespace {
 
 std::string format_duration(uint64_t ms) {
   uint64_t s = ms / 1000;

@@ -1,11 +1,16 @@
 // The `cairn` subcommands. Each returns the process exit code.
 #pragma once
 
+#include <chrono>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <CLI/CLI.hpp>
+
+#include "cairn/client.h"
+#include "runtime/status.h"
 
 namespace cairn::cli {
 
@@ -34,11 +39,20 @@ struct ConnectArgs {
   bool json = false;
 };
 void add_connect_flags(CLI::App& command, ConnectArgs& args);
+// A client for `args` (one-shot: no reconnect; --timeout for connecting and for each call).
+Result<std::unique_ptr<Client>> open_client(const ConnectArgs& args);
+// --timeout as a duration.
+std::chrono::milliseconds timeout_of(const ConnectArgs& args);
+// Prints an error the way every client command does (JSON on stdout with --json, else
+// "cairn <command>: <code>: <message>" on stderr) and returns the exit code for it.
+int report_error(const ConnectArgs& args, const std::string& command, const Status& status);
 
 void add_client_commands(CLI::App& app);
 void add_config_commands(CLI::App& app);
 // cli/model_commands.cc: `cairn generate`.
 void add_model_commands(CLI::App& app);
+// cli/registry_commands.cc: `cairn experiments|runs|models ...` and `cairn gc`.
+void add_registry_commands(CLI::App& app);
 // cli/tokenizer_commands.cc: `cairn tokenize`, `cairn detokenize`, `cairn tokenizer train`.
 void add_tokenizer_commands(CLI::App& app);
 

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   cairn::cli::add_client_commands(app);
   cairn::cli::add_config_commands(app);
   cairn::cli::add_model_commands(app);
+  cairn::cli::add_registry_commands(app);
   cairn::cli::add_tokenizer_commands(app);
 
   try {

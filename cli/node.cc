@@ -3,6 +3,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <filesystem>
 #include <iostream>
@@ -21,10 +22,13 @@
 #include "cli/commands.h"
 #include "cluster/auth.h"
 #include "cluster/http_server.h"
+#include "cluster/mlflow_api.h"
 #include "cluster/server.h"
 #include "runtime/config.h"
 #include "runtime/version.h"
+#include "storage/blob_store.h"
 #include "storage/kv_store.h"
+#include "storage/registry_store.h"
 #include "storage/node_identity.h"
 
 namespace cairn::cli {
@@ -100,7 +104,9 @@ int run_node(const NodeArgs& args) {
     spdlog::error("node.data_dir {}: cannot create: {}", config.data_dir, ec.message());
     return kExitError;
   }
-  auto store = storage::open_rocks_store({config.data_dir + "/db", {std::string(storage::kNodeFamily)}});
+  std::vector<std::string> families = storage::registry_families();
+  families.emplace_back(storage::kNodeFamily);
+  auto store = storage::open_rocks_store({config.data_dir + "/db", families});
   if (!store.ok()) {
     spdlog::error("{}", store.status().message());
     return kExitError;
@@ -108,6 +114,18 @@ int run_node(const NodeArgs& args) {
   auto identity = storage::record_boot(**store);
   if (!identity.ok()) {
     spdlog::error("{}", identity.status().message());
+    return kExitError;
+  }
+  // The registry's stores belong to the node, not to the registry actor: they outlive the actor
+  // system, so a registry restarted after a crash continues on them.
+  auto registry_store = storage::RegistryStore::open(**store);
+  if (!registry_store.ok()) {
+    spdlog::error("registry store in {}/db: {}", config.data_dir, registry_store.status().message());
+    return kExitError;
+  }
+  auto blob_store = storage::BlobStore::open(config.data_dir + "/blobs");
+  if (!blob_store.ok()) {
+    spdlog::error("blob store: {}", blob_store.status().message());
     return kExitError;
   }
 
@@ -163,8 +181,15 @@ int run_node(const NodeArgs& args) {
   supervisor_options.restart.window = std::chrono::milliseconds(config.restart_window_ms);
   supervisor_options.restart.backoff_initial = std::chrono::milliseconds(config.backoff_initial_ms);
   supervisor_options.restart.backoff_max = std::chrono::milliseconds(config.backoff_max_ms);
+  RoleContext roles;
+  roles.registry.store = registry_store->get();
+  roles.registry.blobs = blob_store->get();
+  // Download chunks must fit a frame with room for the envelope.
+  roles.registry.options.max_chunk_bytes = std::min(roles.registry.options.max_chunk_bytes, config.max_frame_bytes / 2);
+  roles.registry.options.default_chunk_bytes =
+      std::min(roles.registry.options.default_chunk_bytes, roles.registry.options.max_chunk_bytes);
   caf::actor supervisor =
-      spawn_supervisor(system, supervisor_options, child_specs_for(config.roles), directory, hooks);
+      spawn_supervisor(system, supervisor_options, child_specs_for(config.roles, roles), directory, hooks);
 
   {
     // The supervisor registers its children while it initializes; once it answers anything, every
@@ -195,6 +220,7 @@ int run_node(const NodeArgs& args) {
     response.body = body.dump();
     responder.respond(std::move(response));
   });
+  register_mlflow_routes(http_routes, router, *tokens);
   if (config.http) {
     auto started_http = HttpServer::start(io, HttpOptions{*config.http}, http_routes);
     if (!started_http.ok()) {
@@ -243,6 +269,8 @@ int run_node(const NodeArgs& args) {
   for (auto& t : io_threads) t.join();
   server.reset();
   http.reset();
+  registry_store->reset();
+  blob_store->reset();
   store->reset();  // closes RocksDB: flushed, lock released
   spdlog::info("node stopped");
   return exit_code;

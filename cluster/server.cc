@@ -107,7 +107,10 @@ class Connection final : public ConnectionBase {
   }
 
   void send_reply(uint64_t id, protocol::ReplyKind kind, std::string body) override {
-    asio::dispatch(stream_.get_executor(), [self = self(), id, kind, body = std::move(body)]() {
+    const uint64_t posted = body.size();
+    posted_bytes_.fetch_add(posted, std::memory_order_relaxed);
+    asio::dispatch(stream_.get_executor(), [self = self(), id, kind, posted, body = std::move(body)]() {
+      self->posted_bytes_.fetch_sub(posted, std::memory_order_relaxed);
       if (!self->settle(id, kind != protocol::ReplyKind::more)) return;
       protocol::append_reply(self->out_pending_, id, kind, body);
       self->after_output();
@@ -120,6 +123,10 @@ class Connection final : public ConnectionBase {
       protocol::append_error(self->out_pending_, id, status);
       self->after_output();
     });
+  }
+
+  uint64_t unsent_bytes() const override {
+    return posted_bytes_.load(std::memory_order_relaxed) + output_bytes_.load(std::memory_order_relaxed);
   }
 
   void shut_down(const Status& why) override {
@@ -291,7 +298,7 @@ class Connection final : public ConnectionBase {
     }
     const msgpack::object* body = request->body;
     auto call = std::make_shared<Call>(id, std::string(op), role_, std::move(handle).value(), body,
-                                       std::weak_ptr<ReplySink>(shared_from_this()));
+                                       std::weak_ptr<ReplySink>(shared_from_this()), client_name_);
     inflight_.emplace(id, call);
     server_->inflight.fetch_add(1, std::memory_order_relaxed);
     server_->dispatcher.dispatch(std::move(call));
@@ -325,6 +332,7 @@ class Connection final : public ConnectionBase {
     }
     authenticated_ = true;
     role_ = role;
+    client_name_ = hello->client;
     ++read_timer_generation_;
     read_timer_.cancel();
     msg::Welcome welcome;
@@ -375,6 +383,7 @@ class Connection final : public ConnectionBase {
   // drained below the pause thresholds.
   void after_output() {
     if (closed_) return;
+    output_bytes_.store(pending_output(), std::memory_order_relaxed);
     if (pending_output() > options().max_pending_output_bytes) {
       spdlog::warn("connection from {} closed: it does not read its replies ({} bytes unsent)", peer_,
                    pending_output());
@@ -480,7 +489,12 @@ class Connection final : public ConnectionBase {
   bool closed_ = false;
   bool authenticated_ = false;
   Role role_ = Role::none;
+  std::string client_name_;  // from the hello, for Call::client_name
   std::unordered_map<uint64_t, std::weak_ptr<Call>> inflight_;
+  // Read from any thread (unsent_bytes): reply bytes handed to send_reply but not yet queued on the
+  // strand, and a copy of pending_output() as of the last output change.
+  std::atomic<uint64_t> posted_bytes_{0};
+  std::atomic<uint64_t> output_bytes_{0};
 };
 
 }  // namespace

@@ -8,7 +8,7 @@ set_target_properties(cairn_client PROPERTIES EXPORT_NAME client)
 install(TARGETS cairn_runtime cairn_client EXPORT cairnTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
-install(FILES client/include/cairn/client.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/cairn)
+install(FILES client/include/cairn/client.h client/include/cairn/artifacts.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/cairn)
 install(DIRECTORY runtime/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/cairn/runtime
   FILES_MATCHING PATTERN "*.h" PATTERN "detail" EXCLUDE)
 install(EXPORT cairnTargets NAMESPACE cairn:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/cairn)

@@ -18,8 +18,14 @@ std::optional<Role> role_from_name(std::string_view name) {
 }
 
 Call::Call(uint64_t id, std::string op, Role role, wire::ObjectHandle frame, const msgpack::object* body,
-           std::weak_ptr<ReplySink> sink)
-    : id_(id), op_(std::move(op)), role_(role), frame_(std::move(frame)), body_(body), sink_(std::move(sink)) {}
+           std::weak_ptr<ReplySink> sink, std::string client_name)
+    : id_(id),
+      op_(std::move(op)),
+      role_(role),
+      frame_(std::move(frame)),
+      body_(body),
+      sink_(std::move(sink)),
+      client_name_(std::move(client_name)) {}
 
 Call::~Call() {
   if (!finished()) {
@@ -47,6 +53,11 @@ void Call::more_encoded(std::string body) {
 void Call::fail(const Status& status) {
   if (!claim_final()) return;
   if (auto sink = sink_.lock()) sink->send_error(id_, status);
+}
+
+uint64_t Call::unsent_bytes() const {
+  auto sink = sink_.lock();
+  return sink ? sink->unsent_bytes() : 0;
 }
 
 void Call::cancel(const Status& why) {

@@ -29,13 +29,19 @@ class ReplySink {
   // nothing more for this id.
   virtual void send_reply(uint64_t id, protocol::ReplyKind kind, std::string body) = 0;
   virtual void send_error(uint64_t id, const Status& status) = 0;
+  // Reply bytes accepted by send_reply/send_error that the peer has not yet been sent. A stream
+  // that produces faster than the network drains (artifact downloads) waits while this is large,
+  // instead of growing the connection's output until it is closed for not reading. 0 when the sink
+  // does not track it.
+  virtual uint64_t unsent_bytes() const { return 0; }
 };
 
 class Call {
  public:
-  // `frame` owns the memory `body` points into; `body` may be null (no body).
+  // `frame` owns the memory `body` points into; `body` may be null (no body). `client_name` is what
+  // the connection's hello named (`client`), "" when it named nothing.
   Call(uint64_t id, std::string op, Role role, wire::ObjectHandle frame, const msgpack::object* body,
-       std::weak_ptr<ReplySink> sink);
+       std::weak_ptr<ReplySink> sink, std::string client_name = {});
   ~Call();
   Call(const Call&) = delete;
   Call& operator=(const Call&) = delete;
@@ -43,6 +49,8 @@ class Call {
   uint64_t id() const { return id_; }
   const std::string& op() const { return op_; }
   Role role() const { return role_; }
+  // The client's self-reported name from its handshake (for logs and audit records; not trusted).
+  const std::string& client_name() const { return client_name_; }
 
   // Decodes the request body into a catalogue type; errors name the op and field.
   template <class T>
@@ -70,6 +78,8 @@ class Call {
   void on_cancel(std::function<void()> hook);
 
   bool finished() const { return finished_.load(std::memory_order_acquire); }
+  // ReplySink::unsent_bytes of the connection; 0 once it is gone.
+  uint64_t unsent_bytes() const;
 
  private:
   bool claim_final();
@@ -81,6 +91,7 @@ class Call {
   const wire::ObjectHandle frame_;
   const msgpack::object* const body_;
   const std::weak_ptr<ReplySink> sink_;
+  const std::string client_name_;
 
   std::atomic<bool> finished_{false};
   std::mutex hooks_mutex_;  // guards cancel_hooks_ and cancelled_

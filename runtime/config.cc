@@ -317,7 +317,7 @@ Setting roles_setting() {
   setting.type = "list";
   setting.meaning = "Actors the supervisor spawns at start, by role name. May be empty.";
   setting.allowed =
-      "role names this binary knows (built in: echo), each at most once; comma-separated in the "
+      "role names this binary knows (built in: echo, registry), each at most once; comma-separated in the "
       "environment and on the command line";
   setting.assign = [](const RawValue& value, NodeConfig& config) -> Status {
     constexpr std::string_view kExpected = "a list of role names";

@@ -41,7 +41,7 @@ struct NodeConfig {
   std::optional<HostPort> http = HostPort{"127.0.0.1", 7421};  // node.http; nullopt = off
   std::string data_dir = "cairn-data";                         // node.data_dir
   std::string token_file;                     // node.token_file; "" = <data_dir>/tokens
-  std::vector<std::string> roles = {"echo"};  // node.roles: actors the supervisor spawns
+  std::vector<std::string> roles = {"echo", "registry"};  // node.roles: actors the supervisor spawns
   uint32_t io_threads = 2;                    // node.io_threads
   uint32_t actor_threads = 2;                 // node.actor_threads
   std::string log_level = "info";             // node.log_level
@@ -79,7 +79,7 @@ struct ConfigSources {
   // Errors name their source as "command line".
   std::vector<std::pair<std::string, std::string>> overrides;
   // The roles node.roles may name: the actors this binary can spawn.
-  std::vector<std::string> known_roles = {"echo"};
+  std::vector<std::string> known_roles = {"echo", "registry"};
 };
 
 // Applies defaults < file < environment < overrides, then checks every value and the rules that

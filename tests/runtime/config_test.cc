@@ -107,7 +107,7 @@ class ConfigTest : public ::testing::Test {
 
 // The message of loading with these overrides; fails the test when it loads.
 std::string override_error(std::vector<std::pair<std::string, std::string>> overrides,
-                           std::vector<std::string> known_roles = {"echo"}) {
+                           std::vector<std::string> known_roles = {"echo", "registry"}) {
   ConfigSources s = sources();
   s.overrides = std::move(overrides);
   s.known_roles = std::move(known_roles);
@@ -119,7 +119,7 @@ std::string override_error(std::vector<std::pair<std::string, std::string>> over
 }
 
 Result<NodeConfig> load_overrides(std::vector<std::pair<std::string, std::string>> overrides,
-                                  std::vector<std::string> known_roles = {"echo"}) {
+                                  std::vector<std::string> known_roles = {"echo", "registry"}) {
   ConfigSources s = sources();
   s.overrides = std::move(overrides);
   s.known_roles = std::move(known_roles);
@@ -227,7 +227,7 @@ TEST(NodeConfigTest, DefaultsMatchTheDocumentedValues) {
   EXPECT_EQ(c.http->to_string(), "127.0.0.1:7421");
   EXPECT_EQ(c.data_dir, "cairn-data");
   EXPECT_EQ(c.token_file, "");
-  EXPECT_EQ(c.roles, std::vector<std::string>{"echo"});
+  EXPECT_EQ(c.roles, (std::vector<std::string>{"echo", "registry"}));
   EXPECT_EQ(c.io_threads, 2u);
   EXPECT_EQ(c.actor_threads, 2u);
   EXPECT_EQ(c.log_level, "info");
@@ -385,7 +385,7 @@ shutdown:
                                    {}, {});
   // kv is unknown by default; the rest of the file is checked first.
   ASSERT_FALSE(c.ok());
-  EXPECT_EQ(c.status().message(), path() + ": node.roles: unknown role \"kv\"; known roles: echo");
+  EXPECT_EQ(c.status().message(), path() + ": node.roles: unknown role \"kv\"; known roles: echo, registry");
 
   ConfigSources s = sources();
   s.file = path();
@@ -769,7 +769,7 @@ TEST(CrossFieldTest, PendingOutputMustHoldAFrame) {
 
 TEST(CrossFieldTest, RolesMustBeKnownAndDistinct) {
   EXPECT_EQ(override_error({{"node.roles", "echo,kv"}}),
-            "command line: node.roles: unknown role \"kv\"; known roles: echo");
+            "command line: node.roles: unknown role \"kv\"; known roles: echo, registry");
   EXPECT_EQ(override_error({{"node.roles", "echo,kv"}}, {"echo", "gpu"}),
             "command line: node.roles: unknown role \"kv\"; known roles: echo, gpu");
   EXPECT_EQ(override_error({{"node.roles", "echo, echo"}}),
