@@ -101,7 +101,8 @@ Status read_byte_level(const JsonReader& r, const json& node, const std::string&
 
 Status read_split(const JsonReader& r, const json& node, const std::string& where, PreTokenizerConfig* pre) {
   auto pattern = node.find("pattern");
-  if (pattern == node.end() || !pattern->is_object() || !pattern->contains("Regex") || !(*pattern)["Regex"].is_string()) {
+  if (pattern == node.end() || !pattern->is_object() || !pattern->contains("Regex") ||
+      !(*pattern)["Regex"].is_string()) {
     return r.fail(where + ".pattern", "only {\"Regex\": ...} patterns are supported");
   }
   const std::string regex = (*pattern)["Regex"].get<std::string>();
@@ -137,7 +138,8 @@ Status read_pre_tokenizer(const JsonReader& r, const json& root, PreTokenizerCon
     return {};
   }
   if (type != "Sequence") {
-    return r.fail("pre_tokenizer", "unsupported type \"" + type + "\" (supported: ByteLevel, Sequence of Split and ByteLevel)");
+    return r.fail("pre_tokenizer",
+                  "unsupported type \"" + type + "\" (supported: ByteLevel, Sequence of Split and ByteLevel)");
   }
   auto list = node.find("pretokenizers");
   if (list == node.end() || !list->is_array()) return r.fail("pre_tokenizer.pretokenizers", "expected an array");
@@ -190,10 +192,11 @@ Status read_model(const JsonReader& r, const json& root, TokenizerModel* m) {
   auto vocab = model.find("vocab");
   if (vocab == model.end() || !vocab->is_object()) return r.fail("model.vocab", "expected an object of token -> id");
   for (auto entry = vocab->begin(); entry != vocab->end(); ++entry) {
-    if (!entry.value().is_number_integer() || entry.value().get<int64_t>() < 0 || entry.value().get<int64_t>() > INT32_MAX) {
+    const json& value = entry.value();
+    if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > INT32_MAX) {
       return r.fail("model.vocab[\"" + entry.key() + "\"]", "expected an id in [0, 2^31)");
     }
-    const auto id = static_cast<int32_t>(entry.value().get<int64_t>());
+    const auto id = static_cast<int32_t>(value.get<int64_t>());
     if (static_cast<size_t>(id) >= m->vocab.size()) m->vocab.resize(static_cast<size_t>(id) + 1);
     m->vocab[static_cast<size_t>(id)] = entry.key();
   }
@@ -315,7 +318,8 @@ Result<std::shared_ptr<TokenizerModel>> load_tokenizer_json(const std::string& p
 }
 
 // GPT-2's original files: encoder.json (token -> id) and vocab.bpe ("#version" line, then "a b").
-Result<std::shared_ptr<TokenizerModel>> load_gpt2_files(const std::string& encoder_path, const std::string& merges_path) {
+Result<std::shared_ptr<TokenizerModel>> load_gpt2_files(const std::string& encoder_path,
+                                                        const std::string& merges_path) {
   auto encoder = read_json(encoder_path);
   if (!encoder.ok()) return encoder.status();
   if (!encoder->is_object()) return error(Code::invalid_argument, encoder_path + ": expected an object of token -> id");

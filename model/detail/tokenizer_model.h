@@ -61,8 +61,8 @@ struct PreTokenizerConfig {
 inline constexpr const char* kByteLevelPostProcessorJson =
     R"({"type":"ByteLevel","add_prefix_space":true,"trim_offsets":false,"use_regex":true})";
 
+// Filled by loading or training, then finish(); constant from then on (Tokenizer holds it const).
 struct TokenizerModel {
-  // Constant after construction.
   PreTokenizerConfig pre_tokenizer;
   BpeRules rules;
   std::vector<std::pair<int32_t, int32_t>> merges;  // in rank order, as in the file

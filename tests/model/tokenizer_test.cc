@@ -141,10 +141,11 @@ TEST(TokenizerTest, Gpt2FilesMatchGpt3Encoder) {
   const auto ids = tokenizer.encode(text);
   ASSERT_EQ(ids.size(), expected.size());
   for (size_t i = 0; i < ids.size(); ++i) {
+    const auto near = [&](size_t from, size_t to) {
+      return tokenizer.decode({expected.begin() + static_cast<long>(from), expected.begin() + static_cast<long>(to)});
+    };
     ASSERT_EQ(ids[i], expected[i]) << "first difference at id " << i << ", near \""
-                                   << tokenizer.decode({expected.begin() + static_cast<long>(i > 5 ? i - 5 : 0),
-                                                        expected.begin() + static_cast<long>(std::min(i + 5, ids.size()))})
-                                   << "\"";
+                                   << near(i > 5 ? i - 5 : 0, std::min(i + 5, ids.size())) << "\"";
   }
   EXPECT_EQ(tokenizer.decode(ids), text);
   // A second pass hits the word cache and must give the same.
@@ -208,7 +209,10 @@ TEST(TokenizerTest, EncodesInvalidUtf8AsBytes) {
   const std::string input = "ab\xFF\xFE" "cd\xE4\xBD";
   const auto ids = tokenizer.encode(input);
   std::string bytes;
-  for (int32_t id : ids) bytes += tokenizer.decode({id}) == "\xEF\xBF\xBD" ? std::string(1, static_cast<char>(id)) : tokenizer.decode({id});
+  for (int32_t id : ids) {
+    const std::string decoded = tokenizer.decode({id});  // ids 0..255 are the bytes
+    bytes += decoded == "\xEF\xBF\xBD" ? std::string(1, static_cast<char>(id)) : decoded;
+  }
   EXPECT_EQ(bytes, input);
 }
 
