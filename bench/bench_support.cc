@@ -204,6 +204,9 @@ MachineInfo describe_machine() {
   }
   if (info.cpu_model.empty()) info.cpu_model = "unknown";
   info.cores = std::max(1u, std::thread::hardware_concurrency());
+  std::ifstream loadavg("/proc/loadavg");
+  std::string one, five, fifteen;
+  if (loadavg >> one >> five >> fifteen) info.load = one + " " + five + " " + fifteen;
   return info;
 }
 

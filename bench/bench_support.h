@@ -39,8 +39,10 @@ class NodeProcess {
   const std::string& token() const { return token_; }      // an admin token
   pid_t pid() const { return pid_; }
 
-  // The node's resident set now (VmRSS) and its peak so far (VmHWM), in bytes.
+  // The node's resident set now (VmRSS), its anonymous part (RssAnon: heap, stacks; the rest is
+  // mapped files such as shared libraries) and its peak so far (VmHWM), in bytes.
   Result<uint64_t> rss_bytes() const { return status_bytes("VmRSS:"); }
+  Result<uint64_t> anon_rss_bytes() const { return status_bytes("RssAnon:"); }
   Result<uint64_t> peak_rss_bytes() const { return status_bytes("VmHWM:"); }
 
  private:
@@ -75,6 +77,7 @@ struct MachineInfo {
   std::string kernel;     // `uname -srm`
   std::string cpu_model;  // first "model name" of /proc/cpuinfo
   unsigned cores = 0;     // online CPUs
+  std::string load;       // 1, 5 and 15 minute load averages (/proc/loadavg): other work skews figures
 };
 MachineInfo describe_machine();
 

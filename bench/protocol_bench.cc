@@ -9,9 +9,11 @@
 // prints a table, and appends a dated section to bench/RESULTS.md.
 //
 // Goals (issue #2): node.ping p50 within 2x of raw TCP; >= 100k node.ping/s on one connection.
+// The node inherits the environment, so CAIRN_* settings apply to it (CAIRN_NODE_IO_THREADS=1 ...).
+// The machine is shared with whatever else runs: the table records the load average at the start.
 //
-//   protocol_bench [--round-trips N] [--warmup N] [--requests N] [--window N] [--connections N]
-//                  [--results FILE | --no-results]
+//   protocol_bench [--round-trips N] [--warmup N] [--rounds N] [--requests N] [--window N]
+//                  [--connections N] [--repeat N] [--node-binary CAIRN] [--results FILE | --no-results]
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -20,6 +22,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
@@ -34,6 +37,8 @@
 
 #include "bench/bench_support.h"
 #include "cairn/client.h"
+#include "runtime/config.h"
+#include "runtime/protocol.h"
 
 namespace cairn::bench {
 namespace {
@@ -54,12 +59,21 @@ constexpr std::chrono::seconds kCallTimeout{30};       // every Cairn call of th
 constexpr const char* kEchoPayload = "0123456789abcdef";  // node.echo payload: a 16-byte string
 
 struct BenchOptions {
-  size_t round_trips = 20000;   // measured round trips per latency figure
-  size_t warmup = 2000;         // round trips before measuring, not recorded
+  size_t round_trips = 20000;   // measured round trips per latency figure, over all rounds
+  size_t warmup = 2000;         // round trips before measuring, not recorded, over all rounds
+  size_t rounds = 5;            // latency rounds; each figure's percentiles are the median per round
   size_t requests = 500000;     // requests per throughput figure
   size_t window = 1024;         // requests in flight per connection
   size_t connections = 8;       // connections of the multi-connection figure
+  size_t repeat = 3;            // runs per throughput figure; the median is reported
   std::string results = std::string(CAIRN_SOURCE_DIR) + "/bench/RESULTS.md";  // "" = do not append
+  std::string node_binary = CAIRN_BINARY;  // the `cairn` that runs the node (to compare two builds)
+};
+
+// One latency round: `count` measured round trips after `warmup` unrecorded ones.
+struct RoundTrips {
+  size_t count;
+  size_t warmup;
 };
 
 [[noreturn]] void die(const std::string& message) {
@@ -97,9 +111,16 @@ BenchOptions parse_args(int argc, char** argv) {
       options.window = count(i, "--window");
     } else if (arg == "--connections") {
       options.connections = count(i, "--connections");
+    } else if (arg == "--rounds") {
+      options.rounds = count(i, "--rounds");
+    } else if (arg == "--repeat") {
+      options.repeat = count(i, "--repeat");
     } else if (arg == "--results") {
       if (i + 1 >= argc) die("--results needs a file");
       options.results = argv[++i];
+    } else if (arg == "--node-binary") {
+      if (i + 1 >= argc) die("--node-binary needs a file");
+      options.node_binary = argv[++i];
     } else if (arg == "--no-results") {
       options.results.clear();
     } else {
@@ -182,6 +203,20 @@ double per_second(size_t count, std::chrono::nanoseconds elapsed) {
   return static_cast<double>(count) / std::chrono::duration<double>(elapsed).count();
 }
 
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
+
+// The median of `runs` results of `measure()`: one slow run (another process took the CPU) does
+// not decide a throughput figure.
+template <class Measure>
+double median_of(size_t runs, Measure measure) {
+  std::vector<double> results;
+  for (size_t i = 0; i < runs; ++i) results.push_back(measure());
+  return median(std::move(results));
+}
+
 // ---- the raw TCP floor ----
 
 // A blocking socket descriptor; closes on destruction.
@@ -214,6 +249,20 @@ void send_all(int fd, const char* data, size_t size) {
     data += n;
     size -= static_cast<size_t>(n);
   }
+}
+
+// A blocking TCP connection to host:port (an IPv4 literal) with TCP_NODELAY.
+Socket connect_tcp(const std::string& host, uint16_t port) {
+  Socket socket(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  if (::inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) die("not an IPv4 address: " + host);
+  if (::connect(socket.fd(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    die("connect() to " + host + ":" + std::to_string(port) + " failed: " + std::strerror(errno));
+  }
+  set_nodelay(socket.fd());
+  return socket;
 }
 
 // Reads up to `size` bytes; returns 0 at EOF.
@@ -265,16 +314,7 @@ class RawEchoServer {
   RawEchoServer& operator=(const RawEchoServer&) = delete;
 
   // A connected client socket with TCP_NODELAY.
-  Socket connect() const {
-    Socket socket(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = htons(port_);
-    if (::connect(socket.fd(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) die("connect() to the echo server failed");
-    set_nodelay(socket.fd());
-    return socket;
-  }
+  Socket connect() const { return connect_tcp("127.0.0.1", port_); }
 
  private:
   void accept_loop() {
@@ -323,16 +363,16 @@ std::string raw_message() {
   return std::string(reinterpret_cast<const char*>(frame), kMessageBytes);
 }
 
-LatencySamples raw_ping_pong(const RawEchoServer& server, const BenchOptions& options) {
+LatencySamples raw_ping_pong(const RawEchoServer& server, const RoundTrips& trips) {
   Socket socket = server.connect();
   const std::string message = raw_message();
   char reply[kMessageBytes];
-  LatencySamples samples(options.round_trips);
-  for (size_t i = 0; i < options.warmup + options.round_trips; ++i) {
+  LatencySamples samples(trips.count);
+  for (size_t i = 0; i < trips.warmup + trips.count; ++i) {
     auto start = Clock::now();
     send_all(socket.fd(), message.data(), message.size());
     recv_all(socket.fd(), reply, sizeof reply);
-    if (i >= options.warmup) samples.add(Clock::now() - start);
+    if (i >= trips.warmup) samples.add(Clock::now() - start);
   }
   return samples;
 }
@@ -372,6 +412,46 @@ double raw_pipelined(const RawEchoServer& server, const BenchOptions& options, s
 
 // ---- Cairn ----
 
+// Reads one frame and checks that it is an ok reply.
+void read_ok_reply(int fd, std::string& frame, std::string_view what) {
+  char header[protocol::kHeaderBytes];
+  recv_all(fd, header, sizeof header);
+  frame.resize(protocol::read_length(header));
+  recv_all(fd, frame.data(), frame.size());
+  auto handle = wire::unpack_map(frame.data(), frame.size());
+  check(handle, std::string(what) + " reply");
+  auto reply = protocol::parse_reply(handle->get());
+  check(reply, std::string(what) + " reply");
+  if (reply->kind != protocol::ReplyKind::ok) die(std::string(what) + " failed: " + reply->error.to_string());
+}
+
+// node.ping from the calling thread over a blocking socket that speaks the protocol itself: the
+// node's share of a round trip, without the client library's I/O thread in between.
+LatencySamples direct_node_ping(const NodeProcess& node, const RoundTrips& trips) {
+  auto address = parse_host_port(node.address());
+  check(address, "node address");
+  Socket socket = connect_tcp(address->host, address->port);
+  msg::Hello hello;
+  hello.version = protocol::kVersion;
+  hello.token = node.token();
+  hello.client = "protocol_bench/direct";
+  std::string out;
+  std::string in;
+  protocol::append_request(out, protocol::kConnectionId, protocol::kHelloOp, wire::encode(hello));
+  send_all(socket.fd(), out.data(), out.size());
+  read_ok_reply(socket.fd(), in, "hello");
+  LatencySamples samples(trips.count);
+  for (size_t i = 0; i < trips.warmup + trips.count; ++i) {
+    out.clear();
+    protocol::append_request(out, i + 1, msg::kPing, {});
+    auto start = Clock::now();
+    send_all(socket.fd(), out.data(), out.size());
+    read_ok_reply(socket.fd(), in, "node.ping");
+    if (i >= trips.warmup) samples.add(Clock::now() - start);
+  }
+  return samples;
+}
+
 std::unique_ptr<Client> connect_client(const NodeProcess& node) {
   ClientOptions options;
   options.address = node.address();
@@ -396,14 +476,14 @@ std::string echo_body() {
 
 // Blocking round trips of `op` with `body`; every reply must be ok.
 LatencySamples cairn_round_trips(Client& client, std::string_view op, const std::string& body,
-                                 const BenchOptions& options) {
-  LatencySamples samples(options.round_trips);
-  for (size_t i = 0; i < options.warmup + options.round_trips; ++i) {
+                                 const RoundTrips& trips) {
+  LatencySamples samples(trips.count);
+  for (size_t i = 0; i < trips.warmup + trips.count; ++i) {
     auto start = Clock::now();
     auto reply = client.call(op, body);
     auto rtt = Clock::now() - start;
     if (!reply.ok()) die(std::string(op) + " failed: " + reply.status().to_string());
-    if (i >= options.warmup) samples.add(rtt);
+    if (i >= trips.warmup) samples.add(rtt);
   }
   return samples;
 }
@@ -457,9 +537,23 @@ Latency summarize(LatencySamples samples) {
   return {samples.percentile_us(50), samples.percentile_us(99), samples.mean_us()};
 }
 
+// Each field is the median over the rounds. A round can run in a slow state for its whole length
+// (on a small VM, where the threads happen to land decides whether a wake-up is a context switch or
+// an idle CPU's exit to the hypervisor); the median keeps one such round from deciding a figure.
+Latency median_of_rounds(const std::vector<Latency>& rounds) {
+  std::vector<double> p50, p99, mean;
+  for (const auto& r : rounds) {
+    p50.push_back(r.p50_us);
+    p99.push_back(r.p99_us);
+    mean.push_back(r.mean_us);
+  }
+  return {median(p50), median(p99), median(mean)};
+}
+
 struct Figures {
   Latency raw;
   Latency ping;
+  Latency direct_ping;  // node.ping without the client library
   Latency echo;
   double raw_pipelined_single = 0;   // msg/s, one message per send()
   double raw_pipelined_batched = 0;  // msg/s, kRawBatch messages per send()
@@ -467,7 +561,9 @@ struct Figures {
   double echo_pipelined = 0;         // req/s, one connection
   double ping_pipelined_multi = 0;   // req/s, options.connections connections
   double rss_idle_mib = 0;
+  double anon_idle_mib = 0;  // the heap-and-stacks part of rss_idle_mib
   double rss_after_mib = 0;
+  double anon_after_mib = 0;
   double rss_peak_mib = 0;
 };
 
@@ -479,6 +575,8 @@ double mib(const Result<uint64_t>& bytes, const char* what) {
 std::string yes_no(bool met) { return met ? "met" : "MISSED"; }
 
 std::string rate(double per_second) { return fixed(per_second / 1000.0, 1) + "k"; }
+
+std::string throughput_ratio(double a, double b) { return b > 0 ? fixed(a / b, 2) + "x" : std::string("-"); }
 
 // The rows shared by the terminal table and the markdown section: {name, value, comparison}.
 std::vector<std::vector<std::string>> rows(const Figures& f, const BenchOptions& options) {
@@ -492,15 +590,19 @@ std::vector<std::vector<std::string>> rows(const Figures& f, const BenchOptions&
   return {
       latency("raw TCP ping-pong", f.raw, false),
       latency("node.ping round trip", f.ping, true),
+      latency("node.ping, bare socket (no client lib)", f.direct_ping, true),
       latency("node.echo round trip", f.echo, true),
       {"raw TCP pipelined, 1 msg/send", rate(f.raw_pipelined_single) + " msg/s", ""},
       {"raw TCP pipelined, " + std::to_string(kRawBatch) + " msg/send", rate(f.raw_pipelined_batched) + " msg/s", ""},
       {"node.ping pipelined, 1 conn", rate(f.ping_pipelined) + " req/s",
-       fixed(f.ping_pipelined / f.raw_pipelined_single, 2) + "x raw 1 msg/send"},
+       throughput_ratio(f.ping_pipelined, f.raw_pipelined_single) + " raw 1 msg/send, " +
+           throughput_ratio(f.ping_pipelined, f.raw_pipelined_batched) + " raw " + std::to_string(kRawBatch) +
+           " msg/send"},
       {"node.echo pipelined, 1 conn", rate(f.echo_pipelined) + " req/s", ""},
       {"node.ping pipelined, " + conns, rate(f.ping_pipelined_multi) + " req/s", ""},
       {"node RSS idle / after load / peak",
-       fixed(f.rss_idle_mib, 1) + " / " + fixed(f.rss_after_mib, 1) + " / " + fixed(f.rss_peak_mib, 1) + " MiB", ""},
+       fixed(f.rss_idle_mib, 1) + " / " + fixed(f.rss_after_mib, 1) + " / " + fixed(f.rss_peak_mib, 1) + " MiB",
+       "anonymous " + fixed(f.anon_idle_mib, 1) + " / " + fixed(f.anon_after_mib, 1) + " MiB"},
   };
 }
 
@@ -515,12 +617,13 @@ std::vector<std::vector<std::string>> goals(const Figures& f) {
 }
 
 void print_table(const Figures& f, const BenchOptions& options, const MachineInfo& machine) {
-  std::printf("\ncairn protocol benchmark: %s, %u cores, %s build\n", machine.cpu_model.c_str(), machine.cores,
-              CAIRN_BUILD_TYPE);
-  std::printf("latency: %zu round trips after %zu warm-up; pipelined: %zu requests, window %zu per connection\n\n",
-              options.round_trips, options.warmup, options.requests, options.window);
+  std::printf("\ncairn protocol benchmark: %s, %u cores, %s build, load average %s at start\n",
+              machine.cpu_model.c_str(), machine.cores, CAIRN_BUILD_TYPE, machine.load.c_str());
+  std::printf("latency: %zu round trips after %zu warm-up in %zu rounds, median per round; pipelined: %zu requests, "
+              "window %zu per connection, median of %zu runs\n\n",
+              options.round_trips, options.warmup, options.rounds, options.requests, options.window, options.repeat);
   for (const auto& row : rows(f, options)) {
-    std::printf("  %-36s %-46s %s\n", row[0].c_str(), row[1].c_str(), row[2].c_str());
+    std::printf("  %-40s %-46s %s\n", row[0].c_str(), row[1].c_str(), row[2].c_str());
   }
   std::printf("\ngoals (issue #2)\n");
   for (const auto& row : goals(f)) std::printf("  %-46s %-12s %s\n", row[0].c_str(), row[1].c_str(), row[2].c_str());
@@ -531,8 +634,12 @@ std::string markdown(const Figures& f, const BenchOptions& options, const Machin
   std::ostringstream md;
   md << "\n## protocol_bench, " << machine.date_utc << "\n\n"
      << "Machine: " << machine.kernel << ", " << machine.cpu_model << ", " << machine.cores << " cores; "
-     << CAIRN_BUILD_TYPE << " build. " << options.round_trips << " round trips after " << options.warmup
-     << " warm-up; " << options.requests << " pipelined requests, window " << options.window << ".\n\n"
+     << CAIRN_BUILD_TYPE << " build; load average " << machine.load << " at start. " << options.round_trips
+     << " round trips after " << options.warmup << " warm-up in " << options.rounds
+     << " rounds (median per round); " << options.requests
+     << " pipelined requests, window " << options.window << ", median of " << options.repeat << " runs.";
+  if (options.node_binary != CAIRN_BINARY) md << " Node binary: " << options.node_binary << ".";
+  md << "\n\n"
      << "| figure | value | vs raw TCP |\n| --- | --- | --- |\n";
   for (const auto& row : rows(f, options)) md << "| " << row[0] << " | " << row[1] << " | " << row[2] << " |\n";
   md << "\n| goal | measured | result |\n| --- | --- | --- |\n";
@@ -549,37 +656,51 @@ constexpr const char* kResultsHeader =
 
 int run(const BenchOptions& options) {
   MachineInfo machine = describe_machine();
-  auto node = NodeProcess::start(NodeOptions{});
+  NodeOptions node_options;
+  node_options.binary = options.node_binary;
+  auto node = NodeProcess::start(node_options);
   check(node, "start node");
   std::this_thread::sleep_for(kSettle);  // start-up allocations settle before the idle figure
   Figures f;
   f.rss_idle_mib = mib((*node)->rss_bytes(), "node RSS");
+  f.anon_idle_mib = mib((*node)->anon_rss_bytes(), "node anonymous RSS");
   std::fprintf(stderr, "node %d at %s: idle RSS %.1f MiB\n", static_cast<int>((*node)->pid()),
                (*node)->address().c_str(), f.rss_idle_mib);
 
-  {
-    RawEchoServer echo_server;
-    std::fprintf(stderr, "raw TCP ping-pong...\n");
-    f.raw = summarize(raw_ping_pong(echo_server, options));
-    std::fprintf(stderr, "raw TCP pipelined...\n");
-    f.raw_pipelined_single = raw_pipelined(echo_server, options, 1);
-    f.raw_pipelined_batched = raw_pipelined(echo_server, options, kRawBatch);
-  }
-  {
+  RawEchoServer echo_server;
+  // The latency figures take turns, round by round, each on a fresh connection, so that a slow
+  // stretch of the machine or an unlucky thread placement falls on all of them alike.
+  const RoundTrips trips{std::max<size_t>(1, options.round_trips / options.rounds), options.warmup / options.rounds};
+  const std::string echo = echo_body();
+  std::vector<Latency> raw, ping, bare, echoed;
+  for (size_t round = 1; round <= options.rounds; ++round) {
+    std::fprintf(stderr, "latency round %zu of %zu: raw TCP, node.ping, node.ping bare socket, node.echo\n", round,
+                 options.rounds);
+    raw.push_back(summarize(raw_ping_pong(echo_server, trips)));
     auto client = connect_client(**node);
-    std::fprintf(stderr, "node.ping round trips...\n");
-    f.ping = summarize(cairn_round_trips(*client, msg::kPing, {}, options));
-    std::fprintf(stderr, "node.echo round trips...\n");
-    f.echo = summarize(cairn_round_trips(*client, msg::kEcho, echo_body(), options));
+    ping.push_back(summarize(cairn_round_trips(*client, msg::kPing, {}, trips)));
+    bare.push_back(summarize(direct_node_ping(**node, trips)));
+    echoed.push_back(summarize(cairn_round_trips(*client, msg::kEcho, echo, trips)));
   }
+  f.raw = median_of_rounds(raw);
+  f.ping = median_of_rounds(ping);
+  f.direct_ping = median_of_rounds(bare);
+  f.echo = median_of_rounds(echoed);
+
+  std::fprintf(stderr, "raw TCP pipelined...\n");
+  f.raw_pipelined_single = median_of(options.repeat, [&] { return raw_pipelined(echo_server, options, 1); });
+  f.raw_pipelined_batched = median_of(options.repeat, [&] { return raw_pipelined(echo_server, options, kRawBatch); });
   std::fprintf(stderr, "node.ping pipelined...\n");
-  f.ping_pipelined = cairn_pipelined(**node, msg::kPing, {}, 1, options);
+  f.ping_pipelined = median_of(options.repeat, [&] { return cairn_pipelined(**node, msg::kPing, {}, 1, options); });
   std::fprintf(stderr, "node.echo pipelined...\n");
-  f.echo_pipelined = cairn_pipelined(**node, msg::kEcho, echo_body(), 1, options);
+  f.echo_pipelined =
+      median_of(options.repeat, [&] { return cairn_pipelined(**node, msg::kEcho, echo, 1, options); });
   std::fprintf(stderr, "node.ping pipelined over %zu connections...\n", options.connections);
-  f.ping_pipelined_multi = cairn_pipelined(**node, msg::kPing, {}, options.connections, options);
+  f.ping_pipelined_multi =
+      median_of(options.repeat, [&] { return cairn_pipelined(**node, msg::kPing, {}, options.connections, options); });
   std::this_thread::sleep_for(kSettle);
   f.rss_after_mib = mib((*node)->rss_bytes(), "node RSS");
+  f.anon_after_mib = mib((*node)->anon_rss_bytes(), "node anonymous RSS");
   f.rss_peak_mib = mib((*node)->peak_rss_bytes(), "node peak RSS");
 
   print_table(f, options, machine);

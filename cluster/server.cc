@@ -85,6 +85,15 @@ class Connection final : public ConnectionBase {
   ~Connection() override { server_->connections.fetch_sub(1, std::memory_order_relaxed); }
 
   void start(std::optional<Status> reject) {
+    if constexpr (std::is_same_v<Stream, tcp::socket>) {
+      boost::system::error_code ec;
+      stream_.non_blocking(true, ec);  // write_now() must never block the I/O thread
+      if (ec) {
+        spdlog::info("connection from {} closed: cannot make the socket non-blocking: {}", peer_, ec.message());
+        close_now();
+        return;
+      }
+    }
     arm_read_deadline(server_->options.handshake_timeout_ms, "no handshake within the time allowed");
     if (reject) {
       fail_connection(*reject);
@@ -107,22 +116,12 @@ class Connection final : public ConnectionBase {
   }
 
   void send_reply(uint64_t id, protocol::ReplyKind kind, std::string body) override {
-    const uint64_t posted = body.size();
-    posted_bytes_.fetch_add(posted, std::memory_order_relaxed);
-    asio::dispatch(stream_.get_executor(), [self = self(), id, kind, posted, body = std::move(body)]() {
-      self->posted_bytes_.fetch_sub(posted, std::memory_order_relaxed);
-      if (!self->settle(id, kind != protocol::ReplyKind::more)) return;
-      protocol::append_reply(self->out_pending_, id, kind, body);
-      self->after_output();
-    });
+    posted_bytes_.fetch_add(body.size(), std::memory_order_relaxed);
+    queue_reply(IncomingReply{id, kind, std::move(body), Status()});
   }
 
   void send_error(uint64_t id, const Status& status) override {
-    asio::dispatch(stream_.get_executor(), [self = self(), id, status]() {
-      if (!self->settle(id, true)) return;
-      protocol::append_error(self->out_pending_, id, status);
-      self->after_output();
-    });
+    queue_reply(IncomingReply{id, protocol::ReplyKind::error, {}, status});
   }
 
   uint64_t unsent_bytes() const override {
@@ -138,7 +137,46 @@ class Connection final : public ConnectionBase {
   }
 
  private:
+  // A reply handed over by another thread (an actor), waiting for the strand.
+  struct IncomingReply {
+    uint64_t id;
+    protocol::ReplyKind kind;  // error: `error` is the reply, `body` is empty
+    std::string body;
+    Status error;
+  };
+
   std::shared_ptr<Connection> self() { return std::static_pointer_cast<Connection>(shared_from_this()); }
+
+  // Any thread. Replies that arrive while the strand is busy, or together, are taken by one
+  // handler and leave in one send(): one hand-over to the strand per burst, not one per reply.
+  void queue_reply(IncomingReply reply) {
+    bool first = false;
+    {
+      std::lock_guard<std::mutex> lock(incoming_mutex_);
+      first = incoming_.empty();
+      incoming_.push_back(std::move(reply));
+    }
+    if (first) asio::dispatch(stream_.get_executor(), [self = self()] { self->take_replies(); });
+  }
+
+  void take_replies() {
+    std::vector<IncomingReply> taken;
+    {
+      std::lock_guard<std::mutex> lock(incoming_mutex_);
+      taken.swap(incoming_);
+    }
+    for (auto& reply : taken) {
+      posted_bytes_.fetch_sub(reply.body.size(), std::memory_order_relaxed);
+      if (!settle(reply.id, reply.kind != protocol::ReplyKind::more)) continue;
+      if (reply.kind == protocol::ReplyKind::error) {
+        protocol::append_error(out_pending_, reply.id, reply.error);
+      } else {
+        protocol::append_reply(out_pending_, reply.id, reply.kind, reply.body);
+      }
+    }
+    after_output();
+  }
+
   const ServerOptions& options() const { return server_->options; }
 
   auto& socket() { return stream_.lowest_layer(); }
@@ -186,7 +224,16 @@ class Connection final : public ConnectionBase {
     do_read();
   }
 
+  // Handles every complete frame that has been read, then writes all their replies at once.
   void process_frames() {
+    if (processing_) return;  // a reply queued by a frame must not re-enter the loop it came from
+    processing_ = true;
+    process_frames_unguarded();
+    processing_ = false;
+    start_write();
+  }
+
+  void process_frames_unguarded() {
     while (!closing_) {
       size_t available = in_end_ - in_begin_;
       if (available < protocol::kHeaderBytes) break;
@@ -390,8 +437,8 @@ class Connection final : public ConnectionBase {
       close_now();
       return;
     }
-    start_write();
-    if (!closing_ && !reading_ && !paused()) {
+    if (!processing_) start_write();  // else process_frames() writes after the read's last frame
+    if (!closing_ && !reading_ && !processing_ && !paused()) {
       process_frames();
       do_read();
     }
@@ -399,6 +446,11 @@ class Connection final : public ConnectionBase {
 
   void start_write() {
     if (writing_ || closed_) return;
+    if constexpr (std::is_same_v<Stream, tcp::socket>) {
+      write_now();
+      if (closed_) return;
+      output_bytes_.store(pending_output(), std::memory_order_relaxed);
+    }
     if (out_pending_.empty()) {
       if (closing_) close_now();
       return;
@@ -415,6 +467,22 @@ class Connection final : public ConnectionBase {
     });
     asio::async_write(stream_, asio::buffer(out_writing_),
                       [self = self()](const boost::system::error_code& ec, size_t) { self->on_write(ec); });
+  }
+
+  // Plain TCP only: hands the socket what it takes without blocking. A reply that fits the send
+  // buffer (nearly all) then costs one send() and no async operation, completion handler or
+  // write-deadline timer; what does not fit goes the async way, under the write deadline.
+  void write_now() {
+    if (out_pending_.empty()) return;
+    boost::system::error_code ec;
+    size_t n = stream_.write_some(asio::buffer(out_pending_), ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) return;
+    if (ec) {
+      spdlog::info("connection from {} closed: write failed: {}", peer_, ec.message());
+      close_now();
+      return;
+    }
+    out_pending_.erase(0, n);
   }
 
   void on_write(const boost::system::error_code& ec) {
@@ -485,12 +553,16 @@ class Connection final : public ConnectionBase {
   std::string out_writing_;
   bool reading_ = false;
   bool writing_ = false;
+  bool processing_ = false;  // inside process_frames()
   bool closing_ = false;  // no more requests are read; close once output is flushed
   bool closed_ = false;
   bool authenticated_ = false;
   Role role_ = Role::none;
   std::string client_name_;  // from the hello, for Call::client_name
   std::unordered_map<uint64_t, std::weak_ptr<Call>> inflight_;
+
+  std::mutex incoming_mutex_;  // guards incoming_; locked by any thread that replies
+  std::vector<IncomingReply> incoming_;
   // Read from any thread (unsent_bytes): reply bytes handed to send_reply but not yet queued on the
   // strand, and a copy of pending_output() as of the last output change.
   std::atomic<uint64_t> posted_bytes_{0};

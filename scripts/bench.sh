@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds a Release tree and runs the benchmarks; each appends a dated section to bench/RESULTS.md.
 #
-#   scripts/bench.sh [ARGS...]    ARGS go to every benchmark (e.g. --no-results for a trial run)
+#   scripts/bench.sh [ARGS...]    ARGS go to protocol_bench (e.g. --no-results for a trial run;
+#                                 the flags are listed at the top of bench/protocol_bench.cc)
 #
 # BUILD_DIR (default build-release) picks the build tree; ccache is used when installed.
 set -euo pipefail
@@ -11,11 +12,15 @@ build_dir="${BUILD_DIR:-$root/build-release}"
 
 "$root/scripts/setup.sh"
 
-cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCAIRN_BUILD_BENCH=ON >/dev/null
-cmake --build "$build_dir" --target cairn protocol_bench
+# Tests are not needed to benchmark, and leaving them out keeps the Release build short.
+cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCAIRN_BUILD_BENCH=ON \
+  -DCAIRN_BUILD_TESTS=OFF >/dev/null
+cmake --build "$build_dir" --target cairn protocol_bench registry_bench
 
-benches=(protocol_bench)
-for bench in "${benches[@]}"; do
-  echo "== $bench" >&2
-  "$build_dir/bench/$bench" "$@"
-done
+# One line per benchmark; each appends its own section to bench/RESULTS.md.
+echo "== protocol_bench (issue #2)" >&2
+"$build_dir/bench/protocol_bench" "$@"
+echo "== tokenizer_bench (issue #4)" >&2
+BUILD_DIR="$build_dir" "$root/bench/tokenizer/run.sh"  # builds tokenizer_bench, installs its npm peers
+echo "== registry_bench (issue #3)" >&2
+"$build_dir/bench/registry_bench"
