@@ -93,6 +93,7 @@ Result<std::unique_ptr<NodeProcess>> NodeProcess::start(const NodeOptions& optio
   node->token_ = random_token();
 
   const std::string token_file = node->data_dir_ + "/tokens";
+  const std::string node_dir = options.data_dir.empty() ? node->data_dir_ + "/node" : options.data_dir;
   {
     std::ofstream out(token_file);
     out << "admin " << node->token_ << "\n";
@@ -104,8 +105,8 @@ Result<std::unique_ptr<NodeProcess>> NodeProcess::start(const NodeOptions& optio
   if (::pipe2(fds, O_CLOEXEC) != 0) return errno_status("pipe");
   std::vector<std::string> args = {options.binary, "node",
                                    "--listen", "127.0.0.1:0",
-                                   "--http", "off",
-                                   "--data-dir", node->data_dir_ + "/node",
+                                   "--http", options.http ? "127.0.0.1:0" : "off",
+                                   "--data-dir", node_dir,
                                    "--token-file", token_file,
                                    "--log-level", options.log_level};
   std::vector<char*> argv;
@@ -133,6 +134,7 @@ Result<std::unique_ptr<NodeProcess>> NodeProcess::start(const NodeOptions& optio
   while (read_line(node->stdout_fd_, deadline, line)) {
     if (line.rfind(kReadyPrefix, 0) != 0) continue;
     node->address_ = line_field(line, "protocol");
+    node->http_ = line_field(line, "http");
     break;
   }
   if (node->address_.empty()) {

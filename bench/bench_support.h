@@ -21,11 +21,13 @@ struct NodeOptions {
   std::string binary = CAIRN_BINARY;                // the `cairn` to launch
   std::chrono::milliseconds ready_timeout{30000};   // start-up until the ready line
   std::string log_level = "warn";                   // node.log_level; the node logs to stderr
+  std::string data_dir;  // the node's data dir; "" = a fresh one, removed with the NodeProcess
+  bool http = false;     // also listen for HTTP on a free port (see http_address())
 };
 
-// A `cairn node` child process on 127.0.0.1 with a fresh data directory, a token file holding one
-// admin token, no HTTP listener and a free port. Not copyable; the destructor stops the node
-// (SIGTERM, then SIGKILL after 10 s) and removes the data directory.
+// A `cairn node` child process on 127.0.0.1 with a token file holding one admin token and a free
+// port; by default a fresh data directory and no HTTP listener. Not copyable; the destructor stops
+// the node (SIGTERM, then SIGKILL after 10 s) and removes what it created.
 class NodeProcess {
  public:
   // Fails with `unavailable` when the node exits or prints no ready line within ready_timeout, and
@@ -36,6 +38,7 @@ class NodeProcess {
   NodeProcess& operator=(const NodeProcess&) = delete;
 
   const std::string& address() const { return address_; }  // HOST:PORT of the protocol listener
+  const std::string& http_address() const { return http_; }  // HOST:PORT of HTTP, "off" without
   const std::string& token() const { return token_; }      // an admin token
   pid_t pid() const { return pid_; }
 
@@ -54,6 +57,7 @@ class NodeProcess {
   int stdout_fd_ = -1;  // kept open until the node exits, so a late write cannot raise SIGPIPE
   std::string data_dir_;
   std::string address_;
+  std::string http_;
   std::string token_;
 };
 

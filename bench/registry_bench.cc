@@ -143,105 +143,8 @@ int64_t unix_ms() {
 
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// ---- a node on a chosen data dir, with HTTP on ----
-// bench_support's NodeProcess makes its own fresh data dir and turns HTTP off; this bench needs
-// a pre-filled data dir and the MLflow HTTP API, so it launches the node itself the same way.
 
-class Node {
- public:
-  Node(const std::string& binary, const std::string& root, const std::string& token) {
-    const std::string token_file = root + "/tokens";
-    {
-      std::ofstream out(token_file);
-      out << "admin " << token << "\n";
-      if (!out) die("cannot write " + token_file);
-    }
-    ::chmod(token_file.c_str(), 0600);
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) die("pipe failed");
-    std::vector<std::string> args = {binary,         "node",          "--listen",   "127.0.0.1:0",
-                                     "--http",       "127.0.0.1:0",   "--data-dir", root + "/node",
-                                     "--token-file", token_file,      "--log-level", "warn"};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_ = ::fork();
-    if (pid_ < 0) die("fork failed");
-    if (pid_ == 0) {
-      ::dup2(fds[1], STDOUT_FILENO);
-      ::execv(argv[0], argv.data());
-      std::fprintf(stderr, "registry_bench: cannot exec %s: %s\n", argv[0], std::strerror(errno));
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    fd_ = fds[0];
-    std::string line;
-    auto deadline = Clock::now() + std::chrono::seconds(120);  // a big store takes a while to open
-    while (read_line(deadline, line)) {
-      if (line.rfind("cairn node ready ", 0) != 0) continue;
-      protocol_ = field(line, "protocol");
-      http_ = field(line, "http");
-      break;
-    }
-    if (protocol_.empty()) die("the node printed no ready line");
-    if (http_.empty() || http_ == "off") die("the node has no HTTP listener");
-  }
-  ~Node() {
-    ::kill(pid_, SIGTERM);
-    auto deadline = Clock::now() + std::chrono::seconds(20);
-    while (Clock::now() < deadline) {
-      pid_t done = ::waitpid(pid_, nullptr, WNOHANG);
-      if (done == pid_ || (done < 0 && errno != EINTR)) {
-        pid_ = -1;
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    ::close(fd_);
-  }
-  const std::string& protocol() const { return protocol_; }
-  const std::string& http() const { return http_; }
 
- private:
-  static std::string field(const std::string& line, const std::string& key) {
-    auto at = line.find(" " + key + "=");
-    if (at == std::string::npos) return {};
-    at += key.size() + 2;
-    return line.substr(at, line.find(' ', at) - at);
-  }
-  bool read_line(Clock::time_point deadline, std::string& line) {
-    line.clear();
-    while (true) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-      if (left <= 0) return false;
-      pollfd p{fd_, POLLIN, 0};
-      int ready = ::poll(&p, 1, static_cast<int>(left));
-      if (ready < 0 && errno == EINTR) continue;
-      if (ready <= 0) return false;
-      char c;
-      ssize_t n = ::read(fd_, &c, 1);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return false;
-      if (c == '\n') return true;
-      line += c;
-    }
-  }
-  pid_t pid_ = -1;
-  int fd_ = -1;
-  std::string protocol_, http_;
-};
-
-std::string random_token() {
-  std::random_device device;
-  std::uniform_int_distribution<int> digit(0, 15);
-  std::string token;
-  for (int i = 0; i < 48; ++i) token += "0123456789abcdef"[digit(device)];
-  return token;
-}
 
 // ---- phase 0: the fixture, written straight into the data dir ----
 
@@ -618,11 +521,16 @@ int main(int argc, char** argv) {
   std::cerr << "registry_bench: naive baseline, " << o.naive_points << " synced puts...\n";
   const double naive = ingest_naive(root + "/naive", o.naive_points);
 
-  const std::string token = random_token();
-  Node node(o.node_binary, root, token);
-  std::cerr << "registry_bench: node up, protocol " << node.protocol() << ", http " << node.http() << "\n";
+  NodeOptions node_options;
+  node_options.binary = o.node_binary;
+  node_options.data_dir = root + "/node";
+  node_options.http = true;
+  node_options.ready_timeout = std::chrono::seconds(120);  // a big store takes a while to open
+  auto node = take(NodeProcess::start(node_options), "start the node");
+  const std::string token = node->token();
+  std::cerr << "registry_bench: node up, protocol " << node->address() << ", http " << node->http_address() << "\n";
   ClientOptions co;
-  co.address = node.protocol();
+  co.address = node->address();
   co.token = token;
   co.call_timeout = kCallTimeout;
   auto client = take(Client::connect(co), "connect");
@@ -635,9 +543,9 @@ int main(int argc, char** argv) {
   // Phase 1.
   std::cerr << "registry_bench: protocol ingest...\n";
   size_t proto_points = 0, http_points = 0;
-  const double proto = ingest_protocol(node.protocol(), token, ingest_exp, o, proto_points);
+  const double proto = ingest_protocol(node->address(), token, ingest_exp, o, proto_points);
   std::cerr << "registry_bench: HTTP ingest...\n";
-  const double http = ingest_http(node.http(), *client, token, ingest_exp, o, http_points);
+  const double http = ingest_http(node->http_address(), *client, token, ingest_exp, o, http_points);
 
   // Phase 2.
   std::cerr << "registry_bench: version registration...\n";

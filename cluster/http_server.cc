@@ -178,22 +178,9 @@ void HttpServer::Impl::accept_next() {
 Result<std::unique_ptr<HttpServer>> HttpServer::start(asio::io_context& io, const HttpOptions& options,
                                                       const HttpRouter& router) {
   auto impl = std::make_shared<Impl>(io, options, router);
-  auto endpoint = detail::resolve_endpoint(io, options.listen);
-  if (!endpoint.ok()) return endpoint.status().with_context("node.http");
-  beast::error_code ec;
-  auto fail = [&](const char* what) {
-    return Status(Code::io_error,
-                  "node.http: cannot " + std::string(what) + " " + options.listen.to_string() + ": " + ec.message());
-  };
-  impl->acceptor.open(endpoint->protocol(), ec);
-  if (ec) return fail("open");
-  impl->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-  impl->acceptor.bind(*endpoint, ec);
-  if (ec) return fail("bind");
-  impl->acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) return fail("listen on");
-  auto local = impl->acceptor.local_endpoint(ec);
-  impl->bound = HostPort{local.address().to_string(), local.port()};
+  auto bound = detail::listen_on(impl->acceptor, io, options.listen, "node.http");
+  if (!bound.ok()) return bound.status();
+  impl->bound = *bound;
   impl->accept_next();
   return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
 }

@@ -641,6 +641,27 @@ Result<tcp::endpoint> detail::resolve_endpoint(asio::io_context& io, const HostP
   return results.begin()->endpoint();
 }
 
+Result<HostPort> detail::listen_on(tcp::acceptor& acceptor, asio::io_context& io, const HostPort& address,
+                                   const std::string& setting) {
+  auto endpoint = resolve_endpoint(io, address);
+  if (!endpoint.ok()) return endpoint.status().with_context(setting);
+  boost::system::error_code ec;
+  auto fail = [&](const char* what) {
+    return Status(Code::io_error,
+                  setting + ": cannot " + std::string(what) + " " + address.to_string() + ": " + ec.message());
+  };
+  acceptor.open(endpoint->protocol(), ec);
+  if (ec) return fail("open");
+  acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  acceptor.bind(*endpoint, ec);
+  if (ec) return fail("bind");
+  acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) return fail("listen on");
+  auto local = acceptor.local_endpoint(ec);
+  if (ec) return fail("read the address of");
+  return HostPort{local.address().to_string(), local.port()};
+}
+
 Result<std::unique_ptr<ProtocolServer>> ProtocolServer::start(asio::io_context& io, const ServerOptions& options,
                                                               const TokenStore& tokens, Dispatcher& dispatcher) {
   auto impl = std::make_shared<Impl>(io, options, tokens, dispatcher);
@@ -655,22 +676,9 @@ Result<std::unique_ptr<ProtocolServer>> ProtocolServer::start(asio::io_context& 
     if (ec) return Status(Code::invalid_argument, "tls.key_file " + options.tls_key_file + ": " + ec.message());
     impl->ssl = std::move(ctx);
   }
-  auto endpoint = detail::resolve_endpoint(io, options.listen);
-  if (!endpoint.ok()) return endpoint.status().with_context("node.listen");
-  boost::system::error_code ec;
-  auto fail = [&](const char* what) {
-    return Status(Code::io_error, "node.listen: cannot " + std::string(what) + " " + options.listen.to_string() +
-                                      ": " + ec.message());
-  };
-  impl->acceptor.open(endpoint->protocol(), ec);
-  if (ec) return fail("open");
-  impl->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-  impl->acceptor.bind(*endpoint, ec);
-  if (ec) return fail("bind");
-  impl->acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) return fail("listen on");
-  auto local = impl->acceptor.local_endpoint(ec);
-  impl->bound = HostPort{local.address().to_string(), local.port()};
+  auto bound = detail::listen_on(impl->acceptor, io, options.listen, "node.listen");
+  if (!bound.ok()) return bound.status();
+  impl->bound = *bound;
   impl->accept_next();
   return std::unique_ptr<ProtocolServer>(new ProtocolServer(std::move(impl)));
 }
