@@ -590,7 +590,24 @@ std::future<Result<std::string>> Client::call_future(std::string_view op, std::s
 }
 
 Result<std::string> Client::call(std::string_view op, std::string body, std::optional<std::chrono::milliseconds> timeout) {
-  return call_future(op, std::move(body), timeout).get();
+  // Lighter than a promise and future: one allocation, and no shared-state bookkeeping on the
+  // round trip that every blocking call pays.
+  struct Waiter {
+    std::mutex mutex;  // guards result
+    std::condition_variable cv;
+    std::optional<Result<std::string>> result;
+  };
+  auto waiter = std::make_shared<Waiter>();
+  call_async(op, std::move(body),
+             [waiter](Result<std::string> r) {
+               std::lock_guard<std::mutex> lock(waiter->mutex);
+               waiter->result.emplace(std::move(r));
+               waiter->cv.notify_one();
+             },
+             timeout);
+  std::unique_lock<std::mutex> lock(waiter->mutex);
+  waiter->cv.wait(lock, [&] { return waiter->result.has_value(); });
+  return std::move(*waiter->result);
 }
 
 std::shared_ptr<Subscription> Client::subscribe(std::string_view op, std::string body, ItemCallback on_item,
