@@ -25,14 +25,7 @@ namespace {
 constexpr std::chrono::milliseconds kSweepInterval{20};
 constexpr size_t kMinReadSpace = 16 * 1024;
 
-std::string encode_object(const msgpack::object* obj) {
-  if (obj == nullptr) return {};
-  std::string out;
-  wire::AppendBuffer buffer{&out};
-  wire::Packer pk(buffer);
-  pk.pack(*obj);
-  return out;
-}
+std::string body_bytes(const msgpack::object* body) { return body ? wire::encode_object(*body) : std::string(); }
 
 class SubscriptionImpl;
 
@@ -53,6 +46,12 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     Clock::time_point deadline = Clock::time_point::max();
     std::string op;
     bool sent = false;  // written to a connection (its outcome is unknown if that connection drops)
+
+    static Pending for_call(ReplyCallback done) {
+      Pending p;
+      p.done = std::move(done);
+      return p;
+    }
   };
   struct Outgoing {
     uint64_t id;
@@ -302,7 +301,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     if (it == pending.end()) return;  // timed out or cancelled locally
     Pending& p = it->second;
     if (reply.kind == protocol::ReplyKind::more) {
-      if (p.on_item) p.on_item(encode_object(reply.body));
+      if (p.on_item) p.on_item(body_bytes(reply.body));
       return;
     }
     Pending done = std::move(p);
@@ -310,7 +309,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     if (reply.kind == protocol::ReplyKind::error) {
       fail(done, reply.error);
     } else {
-      if (done.done) done.done(encode_object(reply.body));
+      if (done.done) done.done(body_bytes(reply.body));
       if (done.on_end) done.on_end(Status());
     }
   }
@@ -518,7 +517,7 @@ class SubscriptionImpl final : public Subscription {
     auto client = client_.lock();
     if (!client) return;
     msg::Cancel request{id_};
-    client->submit(protocol::kCancelOp, wire::encode(request), Client::Impl::Pending{[](Result<std::string>) {}, {}, {}},
+    client->submit(protocol::kCancelOp, wire::encode(request), Client::Impl::Pending::for_call([](Result<std::string>) {}),
                    std::nullopt, client->next_id());
   }
 
@@ -578,7 +577,7 @@ msg::Welcome Client::welcome() const {
 
 void Client::call_async(std::string_view op, std::string body, ReplyCallback done,
                         std::optional<std::chrono::milliseconds> timeout) {
-  impl_->submit(op, std::move(body), Impl::Pending{std::move(done), {}, {}}, timeout, impl_->next_id());
+  impl_->submit(op, std::move(body), Impl::Pending::for_call(std::move(done)), timeout, impl_->next_id());
 }
 
 std::future<Result<std::string>> Client::call_future(std::string_view op, std::string body,

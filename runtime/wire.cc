@@ -53,6 +53,14 @@ const msgpack::object* find_key(const msgpack::object& map, std::string_view key
   return nullptr;
 }
 
+std::string encode_object(const msgpack::object& obj) {
+  std::string out;
+  AppendBuffer buffer{&out};
+  Packer pk(buffer);
+  pk.pack(obj);
+  return out;
+}
+
 namespace detail {
 
 Status type_error(const std::string& path, std::string_view expected, const msgpack::object& got) {
@@ -62,10 +70,7 @@ Status type_error(const std::string& path, std::string_view expected, const msgp
 }
 
 Status read_raw(const msgpack::object& obj, Raw& out) {
-  out.bytes.clear();
-  AppendBuffer buffer{&out.bytes};
-  Packer pk(buffer);
-  pk.pack(obj);
+  out.bytes = encode_object(obj);
   return {};
 }
 

@@ -176,6 +176,9 @@ void pack_value(Packer& pk, const T& value) {
   }
 }
 
+// The msgpack encoding of an already decoded value (a reply body handed on as bytes).
+std::string encode_object(const msgpack::object& obj);
+
 // Appends the msgpack encoding of `value` to `out`.
 template <class T>
 void encode_into(std::string& out, const T& value) {

@@ -25,28 +25,6 @@ using Clock = std::chrono::steady_clock;
 
 std::string errno_text(const std::string& what, int err) { return what + ": " + std::strerror(err); }
 
-// Milliseconds left until `deadline`, clamped to what poll() takes.
-int remaining_ms(Clock::time_point deadline) {
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-  if (left <= 0) return 0;
-  return left > 60'000 ? 60'000 : static_cast<int>(left);
-}
-
-// poll() on one descriptor until `events` or the deadline; restarts after EINTR. Returns the
-// revents, 0 on timeout, -1 on error.
-int poll_one(int fd, short events, Clock::time_point deadline) {
-  while (true) {
-    pollfd p{fd, events, 0};
-    int n = ::poll(&p, 1, remaining_ms(deadline));
-    if (n > 0) return p.revents;
-    if (n == 0) {
-      if (Clock::now() >= deadline) return 0;
-      continue;
-    }
-    if (errno != EINTR) return -1;
-  }
-}
-
 std::string random_token() {
   std::random_device rd;
   static constexpr char kHex[] = "0123456789abcdef";
@@ -110,6 +88,28 @@ std::optional<uint16_t> port_of(const std::string& host_port) {
 }
 
 }  // namespace
+
+// Milliseconds left until `deadline`, clamped to what poll() takes.
+int remaining_ms(Clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  if (left <= 0) return 0;
+  return left > 60'000 ? 60'000 : static_cast<int>(left);
+}
+
+// poll() on one descriptor until `events` or the deadline; restarts after EINTR. Returns the
+// revents, 0 on timeout, -1 on error.
+int poll_one(int fd, short events, Clock::time_point deadline) {
+  while (true) {
+    pollfd p{fd, events, 0};
+    int n = ::poll(&p, 1, remaining_ms(deadline));
+    if (n > 0) return p.revents;
+    if (n == 0) {
+      if (Clock::now() >= deadline) return 0;
+      continue;
+    }
+    if (errno != EINTR) return -1;
+  }
+}
 
 // ---- TempDir ----
 

@@ -25,6 +25,12 @@
 
 namespace cairn::testing {
 
+// Milliseconds left until `deadline`, clamped to what poll() takes.
+int remaining_ms(std::chrono::steady_clock::time_point deadline);
+// poll() on one descriptor until `events` (POLLERR and POLLHUP always count) or the deadline;
+// restarts after EINTR. Returns the revents, 0 on timeout, -1 on error.
+int poll_one(int fd, short events, std::chrono::steady_clock::time_point deadline);
+
 // How long a node may take to print its ready line: RocksDB, CAF and the listeners start first.
 inline constexpr std::chrono::milliseconds kNodeReadyTimeout{15000};
 // How long a node may take to exit after a signal or an escalation.

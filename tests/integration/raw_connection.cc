@@ -1,5 +1,7 @@
 #include "raw_connection.h"
 
+#include "node_process.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -20,37 +22,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-int remaining_ms(Clock::time_point deadline) {
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-  if (left <= 0) return 0;
-  return left > 60'000 ? 60'000 : static_cast<int>(left);
-}
-
-// poll() until one of `events` (POLLERR and POLLHUP always count) or the deadline. Returns the
-// revents, 0 on timeout, -1 on error.
-int poll_one(int fd, short events, Clock::time_point deadline) {
-  while (true) {
-    pollfd p{fd, events, 0};
-    int n = ::poll(&p, 1, remaining_ms(deadline));
-    if (n > 0) return p.revents;
-    if (n == 0) {
-      if (Clock::now() >= deadline) return 0;
-      continue;
-    }
-    if (errno != EINTR) return -1;
-  }
-}
-
 bool is_disconnect(int err) { return err == EPIPE || err == ECONNRESET || err == ENOTCONN || err == ECONNABORTED; }
 
-std::string encode_object(const msgpack::object* obj) {
-  if (obj == nullptr) return {};
-  std::string out;
-  wire::AppendBuffer buffer{&out};
-  wire::Packer pk(buffer);
-  pk.pack(*obj);
-  return out;
-}
 
 }  // namespace
 
@@ -183,7 +156,7 @@ Result<RawReply> RawConnection::read_reply(std::chrono::milliseconds timeout) {
   reply.id = parsed->id;
   reply.kind = parsed->kind;
   reply.error = parsed->error;
-  reply.body = encode_object(parsed->body);
+  reply.body = parsed->body ? wire::encode_object(*parsed->body) : std::string();
   return reply;
 }
 
