@@ -15,6 +15,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "runtime/detail/text.h"
+
 namespace cairn {
 namespace {
 
@@ -52,25 +54,7 @@ struct RawValue {
 
 RawValue scalar(std::string text) { return RawValue{RawValue::Kind::scalar, std::move(text), {}}; }
 
-// The text between double quotes, with quotes, backslashes and control bytes escaped so a message
-// shows exactly what was read.
-std::string quote(std::string_view text) {
-  std::string out = "\"";
-  for (unsigned char c : text) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c == 0x7f) {
-      char hex[8];
-      std::snprintf(hex, sizeof hex, "\\x%02x", c);
-      out += hex;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  out += '"';
-  return out;
-}
+using detail::quote;
 
 std::string join(const std::vector<std::string>& items, std::string_view separator) {
   std::string out;
@@ -484,40 +468,6 @@ std::optional<size_t> find_setting(std::string_view key) {
   return std::nullopt;
 }
 
-size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diagonal = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t above = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diagonal = above;
-    }
-  }
-  return row[b.size()];
-}
-
-// " (did you mean \"x\"?)" for the closest candidate, or "" when none is close. A candidate with
-// the same last component wins outright: node.grace_ms -> shutdown.grace_ms.
-std::string suggestion(std::string_view unknown, const std::vector<std::string>& candidates) {
-  auto leaf = [](std::string_view key) { return key.substr(key.rfind('.') + 1); };
-  std::string best;
-  size_t best_distance = std::max<size_t>(2, unknown.size() / 4) + 1;
-  for (const auto& candidate : candidates) {
-    size_t distance = edit_distance(unknown, candidate);
-    if (unknown.find('.') != std::string_view::npos && leaf(unknown) == leaf(candidate)) {
-      distance = 0;
-    }
-    if (distance < best_distance) {
-      best = candidate;
-      best_distance = distance;
-    }
-  }
-  return best.empty() ? "" : " (did you mean " + quote(best) + "?)";
-}
-
 std::vector<std::string> all_keys() {
   std::vector<std::string> keys;
   for (const Setting& setting : settings()) keys.push_back(setting.key);
@@ -526,7 +476,7 @@ std::vector<std::string> all_keys() {
 
 Status unknown_key(std::string_view source, std::string_view key) {
   return error(Code::invalid_argument,
-               std::string(source) + ": unknown key " + quote(key) + suggestion(key, all_keys()));
+               std::string(source) + ": unknown key " + quote(key) + detail::did_you_mean(key, all_keys()));
 }
 
 // ---- Loading -----------------------------------------------------------------------------------
@@ -631,7 +581,7 @@ Status load_file(LoadState& state, const std::string& path) {
                               ")");
       }
       return file_error(
-          path, "unknown key " + quote(section_name) + suggestion(section_name, sections()));
+          path, "unknown key " + quote(section_name) + detail::did_you_mean(section_name, sections()));
     }
     if (!seen.insert(section_name).second) {
       return file_error(path, section_name + ": appears twice");
