@@ -50,6 +50,8 @@ class AsyncAllReduce {
   // Queues all_reduce_sum(data, count). `data` must stay valid and untouched until wait() returns.
   void submit(float* data, size_t count);
   // Waits for every submitted bucket; the first error, if any (later buckets are then skipped).
+  // A failure is sticky: every bucket submitted after it is skipped too and every later wait()
+  // returns it, because the ranks are then out of step and the communicator must be rebuilt.
   Status wait();
 
  private:
