@@ -6,7 +6,9 @@
 #include <limits>
 #include <set>
 
+#include "model/detail/engine_paged.h"
 #include "model/detail/rope.h"
+#include "model/detail/train_checkpoint.h"
 #include "model/detail/torch_error.h"
 
 namespace cairn {
@@ -117,6 +119,7 @@ struct LlamaModel::Impl {
   Linear lm_head;   // weight is embed_tokens when tied
   at::Tensor inv_freq;  // float32 [head_dim / 2] on device
   bool training = false;
+  bool gradient_checkpointing = false;
 
   // Every base tensor in checkpoint order; lm_head only when untied.
   std::vector<Slot> slots() {
@@ -319,6 +322,8 @@ at::ScalarType LlamaModel::dtype() const { return impl_->dtype; }
 at::Device LlamaModel::device() const { return impl_->device; }
 void LlamaModel::set_training(bool training) { impl_->training = training; }
 bool LlamaModel::training() const { return impl_->training; }
+void LlamaModel::set_gradient_checkpointing(bool enabled) { impl_->gradient_checkpointing = enabled; }
+bool LlamaModel::gradient_checkpointing() const { return impl_->gradient_checkpointing; }
 
 Result<KvCache> LlamaModel::new_cache(int64_t batch, int64_t capacity) const {
   if (batch <= 0 || capacity <= 0) {
@@ -416,14 +421,22 @@ Result<at::Tensor> LlamaModel::forward(const ForwardInput& input, KvCache* cache
 
     const int64_t padding_idx = c.pad_token_id ? *c.pad_token_id : -1;
     at::Tensor hidden = at::embedding(m.embed_tokens, ids, padding_idx);
+    const bool checkpointing = m.gradient_checkpointing && cache == nullptr && at::GradMode::is_enabled();
     for (size_t i = 0; i < m.layers.size(); ++i) {
       const Layer& layer = m.layers[i];
-      hidden = hidden + m.attention(layer, rms_norm(hidden, layer.input_layernorm, c.rms_norm_eps), cos, sin, blocked,
-                                    cache, i);
-      hidden = hidden + m.mlp(layer, rms_norm(hidden, layer.post_attention_layernorm, c.rms_norm_eps));
+      // Captures by value: a checkpointed layer runs again during backward, after forward returned.
+      auto decoder_layer = [&m, &layer, cos, sin, blocked, cache, i, eps = c.rms_norm_eps](const at::Tensor& x) {
+        at::Tensor h = x + m.attention(layer, rms_norm(x, layer.input_layernorm, eps), cos, sin, blocked, cache, i);
+        return h + m.mlp(layer, rms_norm(h, layer.post_attention_layernorm, eps));
+      };
+      hidden = checkpointing ? detail::checkpointed(decoder_layer, hidden, m.device) : decoder_layer(hidden);
     }
     hidden = rms_norm(hidden, m.norm, c.rms_norm_eps);
     if (input.last_position_only) hidden = hidden.narrow(1, length - 1, 1);
+    if (input.hidden_states_only) {
+      if (cache != nullptr) cache->length_ = total;
+      return hidden;
+    }
     at::Tensor logits = m.lm_head.forward(hidden, m.training);
     if (cache != nullptr) cache->length_ = total;
     return logits;
@@ -472,6 +485,94 @@ Result<std::vector<std::pair<std::string, at::Tensor>>> LlamaModel::checkpoint_w
     return out;
   } catch (...) {
     return detail::current_exception_status("LlamaModel::checkpoint_weights");
+  }
+}
+
+namespace {
+
+// A base linear layer over every row of a step, plus each adapter's term on the rows that use it.
+// `index` is the layer's position in linear_layers() order.
+at::Tensor paged_linear(const Linear& linear, const at::Tensor& x, const PagedBatch& batch, size_t index,
+                        bool logit_rows = false) {
+  at::Tensor y = linear.forward(x);
+  for (const PagedAdapterRows& adapter : batch.adapters) {
+    const LoraWeights* lora = (*adapter.linears)[index];
+    const at::Tensor& rows = logit_rows ? adapter.logit_rows : adapter.rows;
+    if (lora == nullptr || rows.numel() == 0) continue;
+    at::Tensor input = x.index_select(0, rows);
+    if (input.scalar_type() != lora->a.scalar_type()) input = input.to(lora->a.scalar_type());
+    at::Tensor delta = at::linear(at::linear(input, lora->a), lora->b);
+    at::Tensor row_out = at::add(y.index_select(0, rows), delta.to(y.scalar_type()), lora->scale);
+    y.index_copy_(0, rows, row_out);
+  }
+  return y;
+}
+
+}  // namespace
+
+Result<at::Tensor> LlamaModel::forward_paged(const PagedBatch& batch) const {
+  const Impl& m = *impl_;
+  const LlamaConfig& c = m.config;
+  try {
+    const int64_t tokens = batch.input_ids.size(0), heads = c.num_attention_heads, kv_heads = c.num_key_value_heads,
+                  head_dim = c.head_dim, group = heads / kv_heads;
+    const size_t per_layer = 7;
+    at::Tensor freqs = batch.positions.to(at::kFloat).unsqueeze(-1) * m.inv_freq;  // [tokens, head_dim/2]
+    at::Tensor angles = at::cat({freqs, freqs}, -1);
+    at::Tensor cos = angles.cos().to(m.dtype).unsqueeze(1);  // [tokens, 1, head_dim]
+    at::Tensor sin = angles.sin().to(m.dtype).unsqueeze(1);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+    const double lowest = lowest_value(m.dtype);
+
+    const int64_t padding_idx = c.pad_token_id ? *c.pad_token_id : -1;
+    at::Tensor hidden = at::embedding(m.embed_tokens, batch.input_ids, padding_idx);  // [tokens, hidden]
+    std::vector<at::Tensor> outs(batch.sequences.size());
+    for (size_t i = 0; i < m.layers.size(); ++i) {
+      const Layer& layer = m.layers[i];
+      const size_t base = i * per_layer;
+      at::Tensor x = rms_norm(hidden, layer.input_layernorm, c.rms_norm_eps);
+      at::Tensor q = apply_rope(paged_linear(layer.q_proj, x, batch, base + 0).view({tokens, heads, head_dim}), cos, sin);
+      at::Tensor k = apply_rope(paged_linear(layer.k_proj, x, batch, base + 1).view({tokens, kv_heads, head_dim}), cos, sin);
+      at::Tensor v = paged_linear(layer.v_proj, x, batch, base + 2).view({tokens, kv_heads, head_dim});
+      at::Tensor& pool_keys = batch.pool->keys[i];
+      at::Tensor& pool_values = batch.pool->values[i];
+      pool_keys.index_copy_(0, batch.new_slots, k);
+      pool_values.index_copy_(0, batch.new_slots, v);
+      // Each sequence's attention exactly as forward() computes it for one sequence with a cache.
+      for (size_t s = 0; s < batch.sequences.size(); ++s) {
+        const PagedSequence& seq = batch.sequences[s];
+        const int64_t length = seq.length, total = seq.past + seq.length;
+        at::Tensor sq = q.narrow(0, seq.token_offset, length)
+                            .view({1, length, kv_heads, group, head_dim})
+                            .permute({0, 2, 3, 1, 4})
+                            .reshape({1, kv_heads, group * length, head_dim});
+        at::Tensor sk = pool_keys.index_select(0, seq.slots).permute({1, 0, 2}).contiguous().unsqueeze(0);
+        at::Tensor sv = pool_values.index_select(0, seq.slots).permute({1, 0, 2}).contiguous().unsqueeze(0);
+        at::Tensor scores = at::matmul(sq, sk.transpose(-2, -1));
+        scores.mul_(scale);
+        if (length > 1) {
+          const auto long_options = at::TensorOptions().dtype(at::kLong).device(m.device);
+          at::Tensor blocked = at::arange(total, long_options).unsqueeze(0) >
+                               at::arange(seq.past, total, long_options).unsqueeze(1);
+          scores.view({1, kv_heads, group, length, total}).masked_fill_(blocked.view({1, 1, 1, length, total}), lowest);
+        }
+        at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(sq.scalar_type());
+        outs[s] = at::matmul(probs, sv)
+                      .view({1, kv_heads, group, length, head_dim})
+                      .permute({0, 3, 1, 2, 4})
+                      .reshape({length, heads * head_dim});
+      }
+      at::Tensor attended = outs.size() == 1 ? outs[0] : at::cat(outs, 0);
+      hidden = hidden + paged_linear(layer.o_proj, attended, batch, base + 3);
+      at::Tensor y = rms_norm(hidden, layer.post_attention_layernorm, c.rms_norm_eps);
+      at::Tensor gated = at::silu(paged_linear(layer.gate_proj, y, batch, base + 4)) *
+                         paged_linear(layer.up_proj, y, batch, base + 5);
+      hidden = hidden + paged_linear(layer.down_proj, gated, batch, base + 6);
+    }
+    hidden = rms_norm(hidden.index_select(0, batch.logit_rows), m.norm, c.rms_norm_eps);
+    return paged_linear(m.lm_head, hidden, batch, m.layers.size() * per_layer, /*logit_rows=*/true);
+  } catch (...) {
+    return detail::current_exception_status("LlamaModel::forward_paged");
   }
 }
 

@@ -26,6 +26,8 @@
 
 namespace cairn {
 
+struct PagedBatch;  // model/detail/engine_paged.h
+
 // Keys and values of the positions seen so far, per layer, for incremental decoding. Preallocated
 // by LlamaModel::new_cache for `capacity` positions of `batch` rows, so a decoding step copies its
 // new positions in and nothing grows or reallocates. Every row holds the same number of positions.
@@ -73,6 +75,10 @@ struct ForwardInput {
   at::Tensor attention_mask;
   // Logits for the last position only, [batch, 1, vocab]: all a generation step needs.
   bool last_position_only = false;
+  // The final normed hidden states [batch, length, hidden] (or [batch, 1, hidden]) instead of
+  // logits, for a caller that applies the output head itself (the trainer computes logits only at
+  // trained positions, a chunk at a time): linear_layers()'s "lm_head" is the head.
+  bool hidden_states_only = false;
 };
 
 // The model. Movable, not copyable. forward() is const and safe to call from several threads at
@@ -120,9 +126,23 @@ class LlamaModel {
   // Memory: 2 * layers * batch * kv_heads * capacity * head_dim elements.
   Result<KvCache> new_cache(int64_t batch, int64_t capacity) const;
 
+  // One step of the inference engine (model/engine.h): the new tokens of several sequences
+  // flattened into one batch (each projection one GEMM over all of them), each sequence attending
+  // causally to its keys and values in the paged pool, where the new ones are written first.
+  // Per-row LoRA adapters beside the base weights. Returns logits [logit rows, vocab] in the
+  // model's dtype. The caller (the engine) builds a consistent batch; errors: internal for a
+  // libtorch failure.
+  Result<at::Tensor> forward_paged(const PagedBatch& batch) const;
+
   // Training mode turns on dropout (attention_dropout, LoRA dropout). Default off.
   void set_training(bool training);
   bool training() const;
+  // Gradient checkpointing: while on, a forward that builds an autograd graph (and uses no cache)
+  // keeps only each decoder layer's input and recomputes the layer during backward, with the same
+  // dropout masks: activation memory of one layer instead of all, for about one more forward of
+  // compute. The gradients are those of a plain forward. Default off.
+  void set_gradient_checkpointing(bool enabled);
+  bool gradient_checkpointing() const;
 
   // Every parameter by name: base weights as in a checkpoint (without "lm_head.weight" when tied),
   // then LoRA weights as "model.layers.0.self_attn.q_proj.lora_A.weight". Weights computed by a
