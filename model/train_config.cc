@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <set>
@@ -111,11 +112,11 @@ std::string directory_of(const std::string& path) {
   return slash == 0 ? "/" : path.substr(0, slash);
 }
 
+// `path` against `base_dir`, lexically normalized ("a/./b/../c" -> "a/c"); absolute paths and an
+// empty base keep the path as written.
 std::string resolve_path(const std::string& path, const std::string& base_dir) {
   if (path.empty() || path[0] == '/' || base_dir.empty()) return path;
-  std::string relative = path;
-  while (relative.rfind("./", 0) == 0) relative.erase(0, 2);
-  return base_dir == "/" ? "/" + relative : base_dir + "/" + relative;
+  return (std::filesystem::path(base_dir) / path).lexically_normal().string();
 }
 
 // Model names follow the registry's rule (storage/registry_store.h): 1..256 characters, no '/',
@@ -299,8 +300,8 @@ const std::set<std::string, std::less<>>& ignored_dataset_keys() {
 
 class Parser {
  public:
-  Parser(std::string source, std::vector<ConfigWarning>* warnings)
-      : source_(std::move(source)), base_dir_(directory_of(source_)), warnings_(warnings) {}
+  Parser(std::string source, std::string base_dir, std::vector<ConfigWarning>* warnings)
+      : source_(std::move(source)), base_dir_(std::move(base_dir)), warnings_(warnings) {}
 
   Result<TrainJobConfig> parse(std::string_view text) {
     YAML::Node root;
@@ -746,7 +747,8 @@ Status TrainJobConfig::validate() const {
     if (tokenizer.empty()) {
       return invalid("tokenizer", "required with architecture: a tokenizer.json or a directory holding one");
     }
-    CAIRN_RETURN_IF_ERROR(to_llama_config(*architecture, 1, sequence_len).status());
+    Result<LlamaConfig> llama = to_llama_config(*architecture, 1, sequence_len);
+    if (!llama.ok()) return llama.status();
   }
   if (datasets.empty()) return expected("datasets", "a list of at least one {path, type}", "none");
   for (size_t i = 0; i < datasets.size(); ++i) {
@@ -856,13 +858,63 @@ Status TrainJobConfig::validate() const {
 
 Result<TrainJobConfig> parse_train_config(std::string_view yaml_text, const std::string& source_name,
                                           std::vector<ConfigWarning>* warnings) {
-  return Parser(source_name, warnings).parse(yaml_text);
+  return Parser(source_name, directory_of(source_name), warnings).parse(yaml_text);
 }
 
 Result<TrainJobConfig> load_train_config(const std::string& path, std::vector<ConfigWarning>* warnings) {
   Result<std::string> text = detail::read_file(path);
   if (!text.ok()) return text.status();
-  return parse_train_config(*text, path, warnings);
+  std::error_code ec;
+  std::filesystem::path absolute = std::filesystem::absolute(path, ec);
+  std::string base_dir = ec ? directory_of(path) : absolute.lexically_normal().parent_path().string();
+  return Parser(path, base_dir, warnings).parse(*text);
+}
+
+Result<std::string> apply_train_config_overrides(std::string_view yaml_text, const std::vector<std::string>& overrides) {
+  if (overrides.empty()) return std::string(yaml_text);
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml_text));
+  } catch (const YAML::ParserException& e) {
+    return error(Code::invalid_argument, "malformed YAML at line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsMap()) return error(Code::invalid_argument, "overrides need a map of keys at the top level");
+  for (const std::string& override_text : overrides) {
+    size_t equals = override_text.find('=');
+    std::string context = "override " + quote(override_text);
+    if (equals == std::string::npos || equals == 0) {
+      return error(Code::invalid_argument, context + ": expected KEY=VALUE");
+    }
+    YAML::Node value;
+    try {
+      value = YAML::Load(override_text.substr(equals + 1));
+    } catch (const YAML::ParserException& e) {
+      return error(Code::invalid_argument, context + ": the value is not YAML: " + e.msg);
+    }
+    // "architecture.hidden_size" walks into nested maps, creating them as needed.
+    std::string key = override_text.substr(0, equals);
+    YAML::Node node = root;
+    size_t start = 0;
+    for (size_t dot = key.find('.'); dot != std::string::npos; dot = key.find('.', start)) {
+      std::string part = key.substr(start, dot - start);
+      if (part.empty()) return error(Code::invalid_argument, context + ": empty key component");
+      YAML::Node child = node[part];
+      if (child.IsNull() || !child.IsDefined()) {
+        node[part] = YAML::Node(YAML::NodeType::Map);
+      } else if (!child.IsMap()) {
+        return error(Code::invalid_argument, context + ": " + key.substr(0, dot) + " is not a map");
+      }
+      node.reset(node[part]);
+      start = dot + 1;
+    }
+    std::string leaf = key.substr(start);
+    if (leaf.empty()) return error(Code::invalid_argument, context + ": empty key component");
+    node[leaf] = value;
+  }
+  YAML::Emitter out;
+  out << root;
+  return std::string(out.c_str()) + "\n";
 }
 
 std::string to_canonical_json(const TrainJobConfig& c) {

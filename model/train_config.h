@@ -238,14 +238,23 @@ struct ConfigWarning {
 };
 
 // Parses a job's YAML. `source_name` names the text in messages; its directory (when it has one)
-// resolves relative paths. Unknown and ignored keys are appended to *warnings (may be null).
+// resolves relative paths, so pass an absolute file name where the process's working directory
+// is not the file's. Unknown and ignored keys are appended to *warnings (may be null).
 // invalid_argument "<source>[:line:col]: <key path>: <problem>" for malformed YAML, a top level
 // that is not a map, a key given twice, a wrong type or bad value, a required key missing
 // (learning_rate, datasets) and whatever validate() rejects.
 Result<TrainJobConfig> parse_train_config(std::string_view yaml_text, const std::string& source_name,
                                           std::vector<ConfigWarning>* warnings);
-// Reads and parses `path`. not_found / io_error name an unreadable file.
+// Reads and parses `path`; relative paths in it resolve against its directory made absolute.
+// not_found / io_error name an unreadable file.
 Result<TrainJobConfig> load_train_config(const std::string& path, std::vector<ConfigWarning>* warnings);
+
+// The YAML with `overrides` ("KEY=VALUE", VALUE read as YAML: "max_steps=20", "nodes=[a:1, b:2]")
+// set over it, as YAML text for parse_train_config. KEY is a top-level key or a dotted path into
+// nested maps ("architecture.hidden_size=128"). Comments and key order are not kept.
+// invalid_argument naming the override for text without '=', a value that is not YAML, or a
+// path through a key that is not a map.
+Result<std::string> apply_train_config_overrides(std::string_view yaml_text, const std::vector<std::string>& overrides);
 
 // Every field as JSON with sorted keys and one fixed spelling per value (enums by name, paths as
 // resolved), so equal configs give equal text however their YAML was written. Stored with the run.
