@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -236,10 +237,10 @@ Status read_choice(const YAML::Node& node, const std::string& key, const Choice<
 
 // Axolotl keys Cairn reads but does not act on, with the reason the warning gives.
 const std::map<std::string, std::string, std::less<>>& ignored_keys() {
-  static const auto* keys = [] {
-    auto* map = new std::map<std::string, std::string, std::less<>>;
+  static const auto keys = [] {
+    std::map<std::string, std::string, std::less<>> map;
     auto add = [&](std::initializer_list<const char*> names, const char* reason) {
-      for (const char* name : names) (*map)[name] = reason;
+      for (const char* name : names) map[name] = reason;
     };
     add({"base_model_config", "model_type", "tokenizer_type", "trust_remote_code", "tokenizer_use_fast",
          "tokenizer_legacy", "is_llama_derived_model", "is_mistral_derived_model", "resize_token_embeddings_to_32x"},
@@ -283,7 +284,7 @@ const std::map<std::string, std::string, std::less<>>& ignored_keys() {
         "not implemented by Cairn's trainer");
     return map;
   }();
-  return *keys;
+  return keys;
 }
 
 // Keys of one dataset entry that Cairn does not act on.
@@ -496,7 +497,9 @@ class Parser {
   }
 
   Status read_architecture(const YAML::Node& node, const std::string& key) {
-    if (!node.IsMap()) return expected(key, "a map of model sizes (hidden_size, num_hidden_layers, ...)", describe(node));
+    if (!node.IsMap()) {
+      return expected(key, "a map of model sizes (hidden_size, num_hidden_layers, ...)", describe(node));
+    }
     ArchitectureSpec spec;
     std::map<std::string, Handler> h;
     auto integer = [](int64_t* field) {
@@ -651,7 +654,9 @@ std::string ModelReference::to_string() const {
 
 Result<ModelReference> parse_model_reference(std::string_view text, const std::string& base_dir) {
   std::string ref(text);
-  if (ref.empty()) return error(Code::invalid_argument, "expected a model directory, NAME@ALIAS or NAME/VERSION, got \"\"");
+  if (ref.empty()) {
+    return error(Code::invalid_argument, "expected a model directory, NAME@ALIAS or NAME/VERSION, got \"\"");
+  }
   ModelReference out;
   size_t at = ref.rfind('@');
   size_t slash = ref.rfind('/');
@@ -689,8 +694,8 @@ Result<LlamaConfig> to_llama_config(const ArchitectureSpec& spec, int64_t vocab_
                                                        {"vocab_size", spec.vocab_size}};
   for (const auto& [key, value] : derivable) CAIRN_RETURN_IF_ERROR(at_least(p + key, value, 0));
   if (spec.hidden_size % spec.num_attention_heads != 0) {
-    return invalid(p + "num_attention_heads", std::to_string(spec.num_attention_heads) + " does not divide hidden_size " +
-                                                  std::to_string(spec.hidden_size));
+    return invalid(p + "num_attention_heads", std::to_string(spec.num_attention_heads) +
+                                                  " does not divide hidden_size " + std::to_string(spec.hidden_size));
   }
   int64_t head_dim = spec.hidden_size / spec.num_attention_heads;
   if (head_dim % 2 != 0) {
@@ -809,7 +814,8 @@ Status TrainJobConfig::validate() const {
     CAIRN_RETURN_IF_ERROR(in_unit_interval("warmup_ratio", *warmup_ratio));
   }
   if (max_steps > 0 && warmup_steps >= max_steps) {
-    return invalid("warmup_steps", std::to_string(warmup_steps) + " is not below max_steps " + std::to_string(max_steps));
+    return invalid("warmup_steps",
+                   std::to_string(warmup_steps) + " is not below max_steps " + std::to_string(max_steps));
   }
   CAIRN_RETURN_IF_ERROR(in_unit_interval("adam_beta1", adam_beta1));
   CAIRN_RETURN_IF_ERROR(in_unit_interval("adam_beta2", adam_beta2));
@@ -870,7 +876,8 @@ Result<TrainJobConfig> load_train_config(const std::string& path, std::vector<Co
   return Parser(path, base_dir, warnings).parse(*text);
 }
 
-Result<std::string> apply_train_config_overrides(std::string_view yaml_text, const std::vector<std::string>& overrides) {
+Result<std::string> apply_train_config_overrides(std::string_view yaml_text,
+                                                 const std::vector<std::string>& overrides) {
   if (overrides.empty()) return std::string(yaml_text);
   YAML::Node root;
   try {

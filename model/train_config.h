@@ -254,7 +254,8 @@ Result<TrainJobConfig> load_train_config(const std::string& path, std::vector<Co
 // nested maps ("architecture.hidden_size=128"). Comments and key order are not kept.
 // invalid_argument naming the override for text without '=', a value that is not YAML, or a
 // path through a key that is not a map.
-Result<std::string> apply_train_config_overrides(std::string_view yaml_text, const std::vector<std::string>& overrides);
+Result<std::string> apply_train_config_overrides(std::string_view yaml_text,
+                                                 const std::vector<std::string>& overrides);
 
 // Every field as JSON with sorted keys and one fixed spelling per value (enums by name, paths as
 // resolved), so equal configs give equal text however their YAML was written. Stored with the run.
