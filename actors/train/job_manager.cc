@@ -1,0 +1,822 @@
+#include "actors/train/job_manager.h"
+
+#include <algorithm>
+#include <deque>
+#include <filesystem>
+#include <map>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "actors/local_call.h"
+#include "actors/messages.h"
+#include "actors/train/job_actors.h"
+#include "actors/train/worker.h"
+#include "runtime/messages/registry.h"
+#include "runtime/messages/train.h"
+#include "storage/job_store.h"
+
+namespace cairn {
+namespace train {
+namespace {
+
+// Runs `run` on the job manager's thread: how replies that arrive on other actors' threads (the
+// registry's) continue the job manager's work.
+struct Continuation {
+  std::function<void()> run;
+};
+
+}  // namespace
+}  // namespace train
+}  // namespace cairn
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(cairn::train::Continuation)
+
+namespace cairn {
+
+std::string job_actor_name(const std::string& job_id, const std::string& kind, int rank) {
+  return "train/" + job_id + "/" + kind + (rank >= 0 ? "-" + std::to_string(rank) : "");
+}
+
+namespace train {
+namespace {
+
+namespace fs = std::filesystem;
+
+int64_t unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// One run of a job's workers. A restart makes a new one.
+struct Generation {
+  uint64_t number = 0;
+  PreparedJobPtr prepared;
+  std::thread preparer;
+  caf::actor param_sync;
+  std::vector<caf::actor> shards;
+  std::vector<caf::actor> trainers;
+  std::vector<std::shared_ptr<BatchQueue>> queues;
+  std::vector<RankLinkPtr> links;
+  std::shared_ptr<std::atomic<bool>> stop = std::make_shared<std::atomic<bool>>(false);
+  std::vector<std::thread> workers;
+  size_t workers_running = 0;
+  bool preparing = true;
+  bool ending = false;  // stop_generation ran: actors told to stop, threads told to stop
+  Status failure;       // the first failure of a worker or actor (ok: none)
+  std::string stop_reason;         // rank 0's guard message
+  std::string parameters_digest;   // rank 0's, at the end
+  // For the destructor: where the generation's actors are registered.
+  Directory* directory = nullptr;
+  std::string job_id;
+
+  Generation() = default;
+  Generation(const Generation&) = delete;
+  Generation& operator=(const Generation&) = delete;
+  // Normally everything is stopped and joined before; this covers a job manager that is killed
+  // (its exit handler does not run then): threads stop between micro-batches and are joined.
+  ~Generation() {
+    stop->store(true);
+    for (auto& queue : queues) queue->close(Status(Code::cancelled, "the job manager stopped"));
+    for (auto& link : links) link->abort();
+    for (size_t rank = 0; rank < trainers.size(); ++rank) {
+      stop_actor(trainers[rank], "trainer", static_cast<int>(rank));
+      stop_actor(shards[rank], "shard", static_cast<int>(rank));
+    }
+    stop_actor(param_sync, "param-sync", -1);
+    if (preparer.joinable()) preparer.join();
+    for (auto& thread : workers) {
+      if (thread.joinable()) thread.join();
+    }
+  }
+
+ private:
+  void stop_actor(caf::actor& actor, const std::string& kind, int rank) {
+    if (!actor) return;
+    if (directory != nullptr) directory->erase(job_actor_name(job_id, kind, rank));
+    caf::anon_send_exit(actor, caf::exit_reason::user_shutdown);
+    actor = nullptr;
+  }
+};
+
+struct Job {
+  storage::JobRecord record;
+  std::deque<msg::TrainLogEvent> log;
+  uint64_t next_seq = 1;
+  std::vector<CallPtr> watchers;
+  std::vector<CallPtr> followers;
+  std::shared_ptr<const TokenizedDataset> dataset;  // kept across generations
+  std::unique_ptr<Generation> generation;
+  bool cancelling = false;
+  std::string cancel_reason;
+  int64_t steps_per_epoch = 0;
+  std::chrono::steady_clock::time_point last_progress_time;
+  int64_t last_progress_step = -1;
+};
+
+struct JobManagerState {
+  TrainContext context;
+  std::map<std::string, Job> jobs;
+  std::vector<std::string> order;   // job ids, oldest first
+  std::deque<std::string> waiting;  // jobs waiting for a slot, oldest first
+  size_t active = 0;                // jobs holding a slot
+  uint64_t next_generation = 1;
+  static inline const char* name = "train";
+};
+
+using Self = caf::stateful_actor<JobManagerState>*;
+
+storage::JobStore& store(Self self) { return *self->state.context.jobs; }
+const TrainOptions& options(Self self) { return self->state.context.options; }
+
+std::string who(const CallPtr& call) {
+  std::string out(role_name(call->role()));
+  if (!call->client_name().empty()) out += ":" + call->client_name();
+  return out;
+}
+
+Job* find_job(Self self, const std::string& job_id) {
+  auto it = self->state.jobs.find(job_id);
+  return it == self->state.jobs.end() ? nullptr : &it->second;
+}
+
+Status unknown_job(const std::string& op, const std::string& job_id) {
+  return Status(Code::not_found, op + ": no training job \"" + job_id + "\"");
+}
+
+// ---- status, logs, watchers ----
+
+void persist(Self self, Job& job) {
+  Status written = store(self).put(job.record);
+  if (!written.ok()) spdlog::error("train {}: job record not saved: {}", job.record.status.job_id, written.to_string());
+}
+
+void notify_watchers(Job& job) {
+  auto& watchers = job.watchers;
+  watchers.erase(std::remove_if(watchers.begin(), watchers.end(), [](const CallPtr& c) { return c->finished(); }),
+                 watchers.end());
+  if (watchers.empty()) return;
+  std::string encoded = wire::encode(job.record.status);
+  for (auto& call : watchers) call->more_encoded(encoded);
+}
+
+void append_log(Self self, Job& job, const std::string& kind, const std::string& level, int64_t step,
+                const std::string& message, std::map<std::string, double> metrics = {}) {
+  msg::TrainLogEvent event;
+  event.seq = job.next_seq++;
+  event.time_ms = unix_ms();
+  event.kind = kind;
+  event.level = level;
+  event.step = step;
+  event.message = message;
+  event.metrics = std::move(metrics);
+  if (level == "error") {
+    spdlog::error("train {}: {}", job.record.status.job_id, message);
+  } else if (level == "warn") {
+    spdlog::warn("train {}: {}", job.record.status.job_id, message);
+  } else if (kind != "progress") {
+    spdlog::info("train {}: {}", job.record.status.job_id, message);
+  }
+  auto& followers = job.followers;
+  followers.erase(std::remove_if(followers.begin(), followers.end(), [](const CallPtr& c) { return c->finished(); }),
+                  followers.end());
+  if (!followers.empty()) {
+    std::string encoded = wire::encode(event);
+    for (auto& call : followers) call->more_encoded(encoded);
+  }
+  job.log.push_back(std::move(event));
+  while (job.log.size() > options(self).log_history) job.log.pop_front();
+}
+
+void set_state(Self self, Job& job, std::string_view state, const std::string& reason) {
+  auto& status = job.record.status;
+  status.state = std::string(state);
+  status.reason = reason;
+  status.updated_ms = unix_ms();
+  persist(self, job);
+  append_log(self, job, "state", msg::job_state_is_final(state) && state != msg::kJobSucceeded ? "warn" : "info",
+             status.step, "job " + std::string(state) + (reason.empty() ? "" : ": " + reason));
+  notify_watchers(job);
+}
+
+void set_workers(Job& job, int world_size, const std::string& node, const std::string& state) {
+  auto& workers = job.record.status.workers;
+  workers.clear();
+  for (int rank = 0; rank < world_size; ++rank) workers.push_back({rank, node, state});
+}
+
+// ---- registry calls ----
+
+// Calls the registry; `then` runs on the job manager's thread with the reply body or error.
+void registry_call(Self self, std::string_view op, std::string body, std::function<void(Result<std::string>)> then) {
+  LocalCallHandlers handlers;
+  handlers.on_done = [handle = caf::actor_cast<caf::actor>(self), then = std::move(then)](Result<std::string> reply) {
+    caf::anon_send(handle, Continuation{[then, reply] { then(reply); }});
+  };
+  send_local_call(*self->state.context.directory, "registry", std::string(op), std::move(body), std::move(handlers));
+}
+
+// Fire and forget; failures are logged.
+void registry_send(Self self, std::string_view op, std::string body, const std::string& job_id) {
+  LocalCallHandlers handlers;
+  handlers.on_done = [op = std::string(op), job_id](Result<std::string> reply) {
+    if (!reply.ok()) spdlog::warn("train {}: {} failed: {}", job_id, op, reply.status().to_string());
+  };
+  send_local_call(*self->state.context.directory, "registry", std::string(op), std::move(body), std::move(handlers));
+}
+
+template <class Reply>
+Result<Reply> decode_reply(const Result<std::string>& body) {
+  if (!body.ok()) return body.status();
+  return wire::decode_bytes<Reply>(*body);
+}
+
+// The config's canonical JSON flattened to MLflow params ("lora_r" = "8", "datasets.0.path" = ...).
+std::vector<msg::Param> config_params(const TrainJobConfig& config) {
+  std::vector<msg::Param> params;
+  std::function<void(const std::string&, const nlohmann::json&)> walk = [&](const std::string& key,
+                                                                             const nlohmann::json& value) {
+    if (value.is_object()) {
+      for (auto it = value.begin(); it != value.end(); ++it) walk(key.empty() ? it.key() : key + "." + it.key(), it.value());
+    } else if (value.is_array() && !value.empty() && (value[0].is_object() || value[0].is_array())) {
+      for (size_t i = 0; i < value.size(); ++i) walk(key + "." + std::to_string(i), value[i]);
+    } else {
+      std::string text = value.is_string() ? value.get<std::string>() : value.dump();
+      if (text.size() > 6000) text.resize(6000);
+      params.push_back({key, text});
+    }
+  };
+  walk("", nlohmann::json::parse(to_canonical_json(config), nullptr, false));
+  return params;
+}
+
+// ---- generations ----
+
+void start_next(Self self);
+void finalize(Self self, Job& job, std::string_view state, const std::string& reason);
+
+void register_actor(Self self, const std::string& name, const caf::actor& actor) {
+  self->state.context.directory->set(name, actor);
+}
+
+// Tells everything of the generation to stop: threads between micro-batches, collectives at once.
+// The generation ends when every thread has reported (on_worker_done).
+void stop_generation(Self self, Job& job, const Status& why) {
+  Generation& gen = *job.generation;
+  if (gen.failure.ok() && !why.ok()) gen.failure = why;
+  if (gen.ending) return;
+  gen.ending = true;
+  gen.stop->store(true);
+  for (auto& queue : gen.queues) queue->close(why.ok() ? Status(Code::cancelled, "the job is stopping") : why);
+  for (auto& link : gen.links) link->abort();
+  auto* directory = self->state.context.directory;
+  const std::string& job_id = job.record.status.job_id;
+  auto stop_actor = [&](caf::actor& actor, const std::string& name) {
+    if (!actor) return;
+    directory->erase(name);
+    self->demonitor(actor);
+    self->send_exit(actor, caf::exit_reason::user_shutdown);
+    actor = nullptr;
+  };
+  for (size_t rank = 0; rank < gen.trainers.size(); ++rank) {
+    stop_actor(gen.trainers[rank], job_actor_name(job_id, "trainer", static_cast<int>(rank)));
+    stop_actor(gen.shards[rank], job_actor_name(job_id, "shard", static_cast<int>(rank)));
+  }
+  stop_actor(gen.param_sync, job_actor_name(job_id, "param-sync"));
+}
+
+// After the generation's threads are all done: the job ends or restarts.
+void end_generation(Self self, Job& job) {
+  std::unique_ptr<Generation> gen = std::move(job.generation);
+  if (!gen->ending) stop_generation(self, job, Status());
+  if (gen->preparer.joinable()) gen->preparer.join();
+  for (auto& thread : gen->workers) thread.join();  // each has sent WorkerDone: about to return
+  std::error_code ec;
+  if (gen->prepared) fs::remove_all(gen->prepared->work_dir, ec);
+  auto& status = job.record.status;
+  if (job.cancelling) return finalize(self, job, msg::kJobCancelled, job.cancel_reason);
+  if (!gen->failure.ok()) {
+    const bool retryable = gen->prepared != nullptr;  // a job that cannot be prepared fails at once
+    if (!retryable || status.restarts >= options(self).max_restarts) {
+      std::string why = gen->failure.to_string();
+      if (retryable) why += " (after " + std::to_string(status.restarts) + " restarts; train.max_restarts)";
+      return finalize(self, job, msg::kJobFailed, why);
+    }
+    ++status.restarts;
+    set_workers(job, static_cast<int>(status.workers.size()), self->state.context.node_name, "restarting");
+    set_state(self, job, msg::kJobRestarting,
+              gen->failure.to_string() + "; restarting from " +
+                  (status.last_checkpoint.model.empty()
+                       ? std::string("the start")
+                       : "checkpoint " + status.last_checkpoint.model + "/" + status.last_checkpoint.version));
+    self->state.waiting.push_front(status.job_id);  // keeps its slot: it goes first
+    --self->state.active;
+    return start_next(self);
+  }
+  status.parameters_digest = gen->parameters_digest;
+  if (!gen->stop_reason.empty()) return finalize(self, job, msg::kJobStopped, gen->stop_reason);
+  finalize(self, job, msg::kJobSucceeded, "");
+}
+
+void maybe_end_generation(Self self, Job& job) {
+  Generation& gen = *job.generation;
+  if (gen.preparing || gen.workers_running > 0) return;
+  end_generation(self, job);
+}
+
+void start_generation(Self self, Job& job) {
+  auto gen = std::make_unique<Generation>();
+  gen->number = self->state.next_generation++;
+  auto& status = job.record.status;
+  gen->directory = self->state.context.directory;
+  gen->job_id = status.job_id;
+  PrepareRequest request;
+  request.job_id = status.job_id;
+  request.generation = gen->number;
+  request.config_yaml = job.record.config_yaml;
+  request.config_name = job.record.config_name;
+  request.run_id = status.run_id;
+  request.resume_from = status.last_checkpoint;
+  request.dataset = job.dataset;
+  request.work_dir = self->state.context.work_dir + "/jobs/" + status.job_id;
+  request.models_dir = self->state.context.work_dir + "/models";
+  const Directory* directory = self->state.context.directory;
+  storage::BlobStore* blobs = self->state.context.blobs;
+  const auto timeout = options(self).registry_timeout;
+  gen->preparer = std::thread([request, directory, blobs, timeout, handle = caf::actor_cast<caf::actor>(self)] {
+    auto prepared = std::make_shared<JobPrepared>();
+    prepared->job_id = request.job_id;
+    prepared->generation = request.generation;
+    try {
+      prepared->prepared = prepare_job(request, *directory, *blobs, timeout);
+    } catch (const std::exception& e) {
+      prepared->prepared = Status(Code::internal, std::string("preparing the job threw: ") + e.what());
+    }
+    caf::anon_send(handle, JobPreparedPtr(std::move(prepared)));
+  });
+  job.generation = std::move(gen);
+  if (status.state != msg::kJobRestarting) set_state(self, job, msg::kJobRunning, "");
+  append_log(self, job, "log", "info", status.step,
+             status.last_checkpoint.model.empty()
+                 ? "preparing: tokenizer, datasets, base model"
+                 : "preparing to resume from " + status.last_checkpoint.model + "/" + status.last_checkpoint.version);
+}
+
+void on_prepared(Self self, const JobPrepared& message) {
+  Job* job = find_job(self, message.job_id);
+  if (job == nullptr || !job->generation || job->generation->number != message.generation) return;
+  Generation& gen = *job->generation;
+  gen.preparing = false;
+  if (gen.preparer.joinable()) gen.preparer.join();
+  if (!message.prepared.ok()) {
+    gen.failure = message.prepared.status();
+    return end_generation(self, *job);
+  }
+  gen.prepared = *message.prepared;
+  if (gen.ending || job->cancelling) return end_generation(self, *job);
+  const PreparedJob& prepared = *gen.prepared;
+  job->dataset = prepared.dataset;
+  auto& status = job->record.status;
+  status.total_steps = prepared.schedule.total_steps;
+  job->steps_per_epoch = prepared.schedule.steps_per_epoch;
+  status.step = prepared.resume_step;
+  job->last_progress_step = -1;
+
+  // The actors: shards, trainers (each with its thread), then param-sync over the trainers.
+  const int world = prepared.world_size;
+  const std::string& job_id = status.job_id;
+  auto& system = self->system();
+  gen.links = world > 1 ? in_process_links(world) : std::vector<RankLinkPtr>();
+  for (int rank = 0; rank < world; ++rank) {
+    caf::actor shard = spawn_data_shard(system, gen.prepared, rank);
+    auto queue = std::make_shared<BatchQueue>();
+    caf::actor trainer = spawn_trainer_actor(system, shard, queue, options(self).prefetch_batches);
+    self->monitor(shard);
+    self->monitor(trainer);
+    register_actor(self, job_actor_name(job_id, "shard", rank), shard);
+    register_actor(self, job_actor_name(job_id, "trainer", rank), trainer);
+    gen.shards.push_back(shard);
+    gen.trainers.push_back(trainer);
+    gen.queues.push_back(queue);
+  }
+  gen.param_sync = spawn_param_sync(system, gen.links, gen.trainers);
+  self->monitor(gen.param_sync);
+  register_actor(self, job_actor_name(job_id, "param-sync"), gen.param_sync);
+  for (int rank = 0; rank < world; ++rank) {
+    WorkerContext context;
+    context.job = gen.prepared;
+    context.rank = rank;
+    context.link = world > 1 ? gen.links[static_cast<size_t>(rank)] : nullptr;
+    context.queue = gen.queues[static_cast<size_t>(rank)];
+    context.stop = gen.stop;
+    context.trainer = gen.trainers[static_cast<size_t>(rank)];
+    context.job_manager = caf::actor_cast<caf::actor>(self);
+    context.directory = self->state.context.directory;
+    context.blobs = self->state.context.blobs;
+    context.registry_timeout = options(self).registry_timeout;
+    gen.workers.emplace_back([context] { run_worker(context); });
+    ++gen.workers_running;
+  }
+  set_workers(*job, world, self->state.context.node_name, "running");
+  set_state(self, *job, msg::kJobRunning, "");
+  append_log(self, *job, "log", "info", status.step,
+             std::to_string(world) + " worker(s), " + std::to_string(prepared.schedule.total_steps) +
+                 " steps, dataset " + prepared.dataset->digest + ", output model " + prepared.output_model);
+}
+
+void on_worker_done(Self self, const WorkerDone& done) {
+  Job* job = find_job(self, done.job_id);
+  if (job == nullptr || !job->generation || job->generation->number != done.generation) return;
+  Generation& gen = *job->generation;
+  --gen.workers_running;
+  auto& workers = job->record.status.workers;
+  if (done.rank < static_cast<int>(workers.size())) {
+    workers[static_cast<size_t>(done.rank)].state = done.status.ok() ? "done" : gen.ending ? "stopped" : "failed";
+  }
+  if (done.rank == 0 && done.status.ok()) {
+    gen.stop_reason = done.stop_reason;
+    gen.parameters_digest = done.parameters_digest;
+    job->record.status.step = done.step;
+  }
+  if (!done.status.ok() && !gen.ending) {
+    stop_generation(self, *job, done.status.with_context("worker " + std::to_string(done.rank)));
+  }
+  maybe_end_generation(self, *job);
+}
+
+void on_report(Self self, const WorkerReport& report) {
+  Job* job = find_job(self, report.job_id);
+  if (job == nullptr || !job->generation || job->generation->number != report.generation) return;
+  auto& status = job->record.status;
+  status.updated_ms = unix_ms();
+  switch (report.kind) {
+    case WorkerReport::Kind::progress: {
+      const auto now = std::chrono::steady_clock::now();
+      if (job->last_progress_step >= 0 && report.step > job->last_progress_step) {
+        const double per_step = std::chrono::duration<double>(now - job->last_progress_time).count() /
+                                static_cast<double>(report.step - job->last_progress_step);
+        status.eta_s = per_step * static_cast<double>(std::max<int64_t>(status.total_steps - report.step, 0));
+      }
+      job->last_progress_time = now;
+      job->last_progress_step = report.step;
+      status.step = report.step;
+      status.loss = report.loss;
+      status.lr = report.lr;
+      status.tokens_per_s = report.tokens_per_s;
+      if (job->steps_per_epoch > 0) status.epoch = static_cast<double>(report.step) / static_cast<double>(job->steps_per_epoch);
+      append_log(self, *job, "progress", "info", report.step, report.message,
+                 {{"loss", report.loss},
+                  {"lr", report.lr},
+                  {"grad_norm", report.grad_norm},
+                  {"tokens_per_s", report.tokens_per_s}});
+      break;
+    }
+    case WorkerReport::Kind::eval:
+      status.eval_loss = report.eval_loss;
+      append_log(self, *job, "eval", "info", report.step, report.message,
+                 {{"eval_loss", report.eval_loss}, {"eval_perplexity", report.eval_perplexity}});
+      break;
+    case WorkerReport::Kind::checkpoint:
+      status.last_checkpoint = report.checkpoint;
+      persist(self, *job);  // the point a restart resumes from
+      append_log(self, *job, "checkpoint", "info", report.step, report.message);
+      break;
+    case WorkerReport::Kind::log:
+      append_log(self, *job, "log", report.level, report.step, report.message);
+      break;
+  }
+  notify_watchers(*job);
+}
+
+// A job actor went down. Ours only while its generation runs; a stop we asked for is not seen
+// (stop_generation demonitors first).
+void on_down(Self self, const caf::down_msg& down) {
+  for (auto& [id, job] : self->state.jobs) {
+    if (!job.generation || job.generation->ending) continue;
+    Generation& gen = *job.generation;
+    auto matches = [&](const caf::actor& a) { return a && a.address() == down.source; };
+    std::string what;
+    for (size_t rank = 0; rank < gen.trainers.size() && what.empty(); ++rank) {
+      if (matches(gen.trainers[rank])) what = job_actor_name(id, "trainer", static_cast<int>(rank));
+      if (matches(gen.shards[rank])) what = job_actor_name(id, "shard", static_cast<int>(rank));
+    }
+    if (what.empty() && matches(gen.param_sync)) what = job_actor_name(id, "param-sync");
+    if (what.empty()) continue;
+    const std::string reason = down.reason ? self->system().render(down.reason) : "exited";
+    stop_generation(self, job, Status(Code::unavailable, what + " went down: " + reason));
+    return;
+  }
+}
+
+// Finishes the job: records, tells the run, answers watchers and followers, frees the slot.
+void finalize(Self self, Job& job, std::string_view state, const std::string& reason) {
+  auto& status = job.record.status;
+  if (state == msg::kJobFailed || state == msg::kJobCancelled) {
+    for (auto& worker : status.workers) {
+      if (worker.state != "done") worker.state = state == msg::kJobCancelled ? "stopped" : "failed";
+    }
+  }
+  status.eta_s = 0;
+  set_state(self, job, state, reason);
+  if (!status.run_id.empty()) {
+    msg::LogBatchRequest tags;
+    tags.run_id = status.run_id;
+    tags.tags.push_back({"cairn.job_state", std::string(state)});
+    if (!reason.empty()) tags.tags.push_back({"cairn.stop_reason", reason.substr(0, 5000)});
+    if (!status.last_checkpoint.model.empty()) {
+      tags.tags.push_back({"cairn.final_model", status.last_checkpoint.model + "/" + status.last_checkpoint.version});
+    }
+    registry_send(self, msg::kLogBatch, wire::encode(tags), status.job_id);
+    msg::UpdateRunRequest update;
+    update.run_id = status.run_id;
+    const bool watchdog = reason.rfind("loss watchdog", 0) == 0;
+    update.status = state == msg::kJobSucceeded                      ? "FINISHED"
+                    : state == msg::kJobStopped && !watchdog         ? "FINISHED"
+                    : state == msg::kJobCancelled                    ? "KILLED"
+                                                                     : "FAILED";
+    registry_send(self, msg::kUpdateRun, wire::encode(update), status.job_id);
+  }
+  std::string encoded = wire::encode(status);
+  for (auto& call : job.watchers) call->reply_encoded(encoded);
+  for (auto& call : job.followers) call->reply_encoded(encoded);
+  job.watchers.clear();
+  job.followers.clear();
+  job.generation.reset();
+  auto& waiting = self->state.waiting;
+  auto it = std::find(waiting.begin(), waiting.end(), status.job_id);
+  if (it != waiting.end()) {
+    waiting.erase(it);
+  } else if (self->state.active > 0) {
+    --self->state.active;
+  }
+  start_next(self);
+}
+
+void start_next(Self self) {
+  auto& st = self->state;
+  while (st.active < std::max<uint32_t>(options(self).max_jobs, 1) && !st.waiting.empty()) {
+    std::string job_id = st.waiting.front();
+    st.waiting.pop_front();
+    Job* job = find_job(self, job_id);
+    if (job == nullptr || msg::job_state_is_final(job->record.status.state)) continue;
+    ++st.active;
+    start_generation(self, *job);
+  }
+}
+
+// ---- ops ----
+
+void submit(Self self, const CallPtr& call) {
+  auto request = call->body<msg::TrainSubmitRequest>();
+  if (!request.ok()) return call->fail(request.status());
+  const std::string source = request->config_name.empty() ? "job.yaml" : request->config_name;
+  auto yaml = apply_overrides(request->config_yaml, request->overrides, source);
+  if (!yaml.ok()) return call->fail(yaml.status().with_context(call->op()));
+  std::vector<ConfigWarning> warnings;
+  auto config = parse_train_config(*yaml, source, &warnings);
+  if (!config.ok()) return call->fail(config.status());
+  if (!config->nodes.empty()) {
+    return call->fail(Status(Code::invalid_argument,
+                             source + ": nodes: jobs placed on other nodes are not supported by this node yet; "
+                                      "leave nodes out to run every worker here"));
+  }
+  if (!self->state.context.directory->find("registry")) {
+    return call->fail(Status(Code::unavailable, call->op() +
+                                                    ": training needs the registry role on this node (runs, metrics "
+                                                    "and checkpoints go there)"));
+  }
+  storage::JobRecord record;
+  record.config_yaml = *yaml;
+  record.config_name = source;
+  record.submitted_by = who(call);
+  auto& status = record.status;
+  status.name = !config->output_model.empty() ? config->output_model : fs::path(source).filename().string();
+  status.state = std::string(msg::kJobQueued);
+  status.started_ms = status.updated_ms = unix_ms();
+  auto created = store(self).create(record);
+  if (!created.ok()) return call->fail(created.status().with_context(call->op()));
+  const std::string job_id = *created;
+  self->state.jobs[job_id].record = record;
+  self->state.order.push_back(job_id);
+  Job& job = self->state.jobs[job_id];
+  std::vector<std::string> warning_texts;
+  for (const auto& w : warnings) {
+    warning_texts.push_back(w.message);
+    append_log(self, job, "log", "warn", 0, w.message);
+  }
+
+  // The run: experiment (found or created), run, params; then the reply.
+  auto experiment_name = config->experiment;
+  auto params = config_params(*config);
+  auto digest = train_config_digest(*config);
+  auto run_name = config->run_name.empty() ? job_id : config->run_name;
+  auto fail_submit = [self, call, job_id](const Status& why) {
+    Job* job = find_job(self, job_id);
+    if (job != nullptr) {
+      job->record.status.state = std::string(msg::kJobFailed);
+      job->record.status.reason = why.to_string();
+      persist(self, *job);
+    }
+    call->fail(why.with_context(call->op()));
+  };
+  auto create_run = [self, call, job_id, params, digest, run_name, warning_texts, fail_submit](
+                        const std::string& experiment_id) {
+    msg::CreateRunRequest run;
+    run.experiment_id = experiment_id;
+    run.run_name = run_name;
+    run.user_id = who(call);
+    run.config_digest = digest;
+    run.tags = {{"cairn.job_id", job_id}, {"cairn.source", "train"}};
+    registry_call(self, msg::kCreateRun, wire::encode(run),
+                  [self, call, job_id, params, experiment_id, warning_texts, fail_submit](Result<std::string> body) {
+                    auto reply = decode_reply<msg::RunReply>(body);
+                    if (!reply.ok()) return fail_submit(reply.status());
+                    Job* job = find_job(self, job_id);
+                    if (job == nullptr) return;
+                    job->record.status.run_id = reply->run.info.run_id;
+                    job->record.status.experiment_id = experiment_id;
+                    persist(self, *job);
+                    for (size_t i = 0; i < params.size(); i += 100) {
+                      msg::LogBatchRequest batch;
+                      batch.run_id = reply->run.info.run_id;
+                      batch.params.assign(params.begin() + static_cast<std::ptrdiff_t>(i),
+                                          params.begin() + static_cast<std::ptrdiff_t>(std::min(i + 100, params.size())));
+                      registry_send(self, msg::kLogBatch, wire::encode(batch), job_id);
+                    }
+                    msg::TrainSubmitReply submitted;
+                    submitted.job_id = job_id;
+                    submitted.run_id = reply->run.info.run_id;
+                    submitted.warnings = warning_texts;
+                    call->reply(submitted);
+                    append_log(self, *job, "log", "info", 0,
+                               "submitted by " + job->record.submitted_by + "; run " + submitted.run_id);
+                    self->state.waiting.push_back(job_id);
+                    start_next(self);
+                  });
+  };
+  msg::GetExperimentRequest get;
+  get.experiment_name = experiment_name;
+  registry_call(self, msg::kGetExperiment, wire::encode(get),
+                [self, experiment_name, create_run, fail_submit](Result<std::string> body) {
+                  auto found = decode_reply<msg::ExperimentReply>(body);
+                  if (found.ok()) return create_run(found->experiment.experiment_id);
+                  if (found.status().code() != Code::not_found) return fail_submit(found.status());
+                  msg::CreateExperimentRequest create;
+                  create.name = experiment_name;
+                  registry_call(self, msg::kCreateExperiment, wire::encode(create),
+                                [create_run, fail_submit](Result<std::string> body) {
+                                  auto created = decode_reply<msg::CreateExperimentReply>(body);
+                                  if (!created.ok()) return fail_submit(created.status());
+                                  create_run(created->experiment_id);
+                                });
+                });
+}
+
+void serve(Self self, const CallPtr& call) {
+  const std::string& op = call->op();
+  if (op == msg::kTrainSubmit) return submit(self, call);
+  if (op == msg::kTrainList) {
+    auto request = call->body<msg::TrainListRequest>();
+    if (!request.ok()) return call->fail(request.status());
+    msg::TrainListReply reply;
+    for (auto it = self->state.order.rbegin(); it != self->state.order.rend(); ++it) {
+      const auto& status = self->state.jobs.at(*it).record.status;
+      const bool final = msg::job_state_is_final(status.state);
+      if (request->state.empty() || (request->state == "active" && !final) || request->state == status.state) {
+        reply.jobs.push_back(status);
+      }
+    }
+    return call->reply(reply);
+  }
+  if (op == msg::kTrainLogs) {
+    auto request = call->body<msg::TrainLogsRequest>();
+    if (!request.ok()) return call->fail(request.status());
+    Job* job = find_job(self, request->job_id);
+    if (job == nullptr) return call->fail(unknown_job(op, request->job_id));
+    for (const auto& event : job->log) {
+      if (event.step >= request->since_step) call->more(event);
+    }
+    if (request->follow && !msg::job_state_is_final(job->record.status.state)) {
+      job->followers.push_back(call);
+    } else {
+      call->reply(job->record.status);
+    }
+    return;
+  }
+  auto request = call->body<msg::TrainJobRequest>();
+  if (!request.ok()) return call->fail(request.status());
+  Job* job = find_job(self, request->job_id);
+  if (job == nullptr) return call->fail(unknown_job(op, request->job_id));
+  auto& status = job->record.status;
+  if (op == msg::kTrainStatus) return call->reply(status);
+  if (op == msg::kTrainWatch) {
+    if (msg::job_state_is_final(status.state)) return call->reply(status);
+    call->more(status);
+    job->watchers.push_back(call);
+    return;
+  }
+  if (op == msg::kTrainCancel) {
+    if (msg::job_state_is_final(status.state) || job->cancelling) return call->reply(status);
+    const std::string reason = "cancelled by " + who(call);
+    job->cancelling = true;
+    job->cancel_reason = reason;
+    if (!job->generation) {
+      finalize(self, *job, msg::kJobCancelled, reason);
+    } else {
+      append_log(self, *job, "log", "info", status.step, reason + "; stopping the workers");
+      if (!job->generation->preparing) stop_generation(self, *job, Status(Code::cancelled, reason));
+    }
+    return call->reply(status);
+  }
+  call->fail(Status(Code::unknown_op, "the job manager does not serve \"" + op + "\""));
+}
+
+// At start: jobs that were not final when the node stopped resume from their last checkpoint.
+void recover(Self self) {
+  std::vector<storage::JobRecord> records;
+  Status listed = store(self).for_each([&](const storage::JobRecord& record) {
+    records.push_back(record);
+    return true;
+  });
+  if (!listed.ok()) spdlog::error("train: cannot read the job records: {}", listed.to_string());
+  std::reverse(records.begin(), records.end());  // oldest first
+  for (auto& record : records) {
+    const std::string job_id = record.status.job_id;
+    self->state.order.push_back(job_id);
+    Job& job = self->state.jobs[job_id];
+    job.record = std::move(record);
+    auto& status = job.record.status;
+    if (msg::job_state_is_final(status.state)) continue;
+    if (status.run_id.empty()) {
+      set_state(self, job, msg::kJobFailed, "the node stopped before the job's run was created; submit it again");
+      continue;
+    }
+    if (status.state != msg::kJobQueued) {
+      ++status.restarts;
+      set_state(self, job, msg::kJobRestarting,
+                "the node restarted; resuming from " +
+                    (status.last_checkpoint.model.empty()
+                         ? std::string("the start")
+                         : "checkpoint " + status.last_checkpoint.model + "/" + status.last_checkpoint.version));
+    }
+    self->state.waiting.push_back(job_id);
+  }
+  start_next(self);
+}
+
+// Node shutdown: every thread stops between micro-batches and is joined, so none outlives the
+// stores. Jobs keep their non-final state and resume when the node starts again.
+void shut_down(Self self) {
+  for (auto& [id, job] : self->state.jobs) {
+    for (auto& call : job.watchers) call->cancel(Status(Code::shutting_down, "train.watch: the node is stopping"));
+    for (auto& call : job.followers) call->cancel(Status(Code::shutting_down, "train.logs: the node is stopping"));
+    job.watchers.clear();
+    job.followers.clear();
+    if (!job.generation) continue;
+    stop_generation(self, job, Status(Code::shutting_down, "the node is stopping"));
+    job.generation.reset();  // joins its threads
+  }
+}
+
+caf::behavior job_manager(Self self, TrainContext context) {
+  self->state.context = std::move(context);
+  self->set_down_handler([self](caf::down_msg& down) { on_down(self, down); });
+  self->set_exit_handler([self](caf::exit_msg& exit) {
+    shut_down(self);
+    self->quit(exit.reason);
+  });
+  recover(self);
+  return {
+      [self](CallMessage& message) {
+        try {
+          serve(self, message.call);
+        } catch (const std::exception& e) {
+          spdlog::error("train: {} threw: {}", message.call->op(), e.what());
+          message.call->fail(Status(Code::internal, message.call->op() + ": unexpected exception: " + e.what()));
+        }
+      },
+      [self](Continuation& k) { k.run(); },
+      [self](const JobPreparedPtr& prepared) { on_prepared(self, *prepared); },
+      [self](const WorkerReportPtr& report) { on_report(self, *report); },
+      [self](const WorkerDonePtr& done) { on_worker_done(self, *done); },
+      [self](drain_atom) {
+        for (auto& [id, job] : self->state.jobs) {
+          for (auto& c : job.watchers) c->cancel(Status(Code::shutting_down, "train.watch: the node is stopping"));
+          for (auto& c : job.followers) c->cancel(Status(Code::shutting_down, "train.logs: the node is stopping"));
+          job.watchers.clear();
+          job.followers.clear();
+        }
+      },
+      [self](mailbox_size_atom) { return static_cast<int64_t>(self->mailbox().size()); },
+  };
+}
+
+}  // namespace
+}  // namespace train
+
+caf::actor spawn_job_manager(caf::actor_system& system, const TrainContext& context) {
+  return system.spawn(train::job_manager, context);
+}
+
+}  // namespace cairn

@@ -1,0 +1,80 @@
+// The training role ("train"): the job manager actor serves the train.* ops of
+// runtime/messages/train.h, keeps every job in the node's JobStore, and runs each job as a set of
+// actors it spawns and supervises (actors/train/job_actors.h):
+//   one data-shard actor per worker: owns its BatchStream shard, serves micro-batches on request;
+//   one trainer actor per worker: owns a thread that runs the Trainer's blocking compute, fed by
+//     its shard with credits (at most TrainOptions::prefetch_batches in flight or queued);
+//   one param-sync actor per job: owns the job's Collective links, aborts them when a worker dies.
+//
+// Contracts:
+// - Every blocking thing a job does (loading the tokenizer and datasets, resolving a registry base
+//   model, exporting a checkpoint to resume from, training, saving checkpoints) runs on threads the
+//   job manager owns, never on the actor system's scheduler threads. The job manager joins them;
+//   at its exit (node shutdown) it stops them first (between micro-batches) and joins them, so no
+//   thread outlives the stores it uses.
+// - A job's workers start from the job's last checkpoint (a registry model version holding the
+//   trainer state, the optimizer, the RNG state and each shard's data cursor), or from the start:
+//   when a worker fails (error, crash, kill through node.kill_actor) the job manager stops the
+//   others, aborts the collective and restarts every worker from the last checkpoint, at most
+//   TrainOptions::max_restarts times per job. A node that starts on a data dir with jobs that
+//   were not final resumes them the same way. Steps after the checkpoint are recomputed from the
+//   checkpoint's state, so the final parameters equal an uninterrupted run's.
+// - Metrics go to the job's registry run as fire-and-forget registry.log_batch calls (one per
+//   logging step); training never waits for them. Checkpoints are registered with
+//   registry.create_version by rank 0's thread, which waits for the registration (it is the
+//   point the job can resume from).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <caf/all.hpp>
+
+#include "actors/directory.h"
+
+namespace cairn {
+
+namespace storage {
+class BlobStore;
+class JobStore;
+}  // namespace storage
+
+struct TrainOptions {
+  // Jobs training at once on this node; later submissions wait as `queued`. Default 1.
+  uint32_t max_jobs = 1;
+  // Times a job's workers are restarted from the last checkpoint before the job fails. Default 3.
+  uint32_t max_restarts = 3;
+  // Micro-batches a trainer holds ahead of its compute (requested from its shard or queued). More
+  // hides the shard's latency; each one holds micro_batch_size rows. Default 2.
+  uint32_t prefetch_batches = 2;
+  // train.logs events kept per job. Default 1000.
+  uint32_t log_history = 1000;
+  // How long a thread waits for the registry actor to answer (checkpoint registration, base
+  // model lookup). Default 120 s.
+  std::chrono::milliseconds registry_timeout{120000};
+};
+
+// What the job manager works on. Everything pointed to is owned by the node and outlives the
+// actor system.
+struct TrainContext {
+  storage::JobStore* jobs = nullptr;
+  storage::BlobStore* blobs = nullptr;   // checkpoints are stored here (the registry's store)
+  Directory* directory = nullptr;  // to reach the registry actor, and to name job actors
+  // Work files of jobs (checkpoints being written, resumed checkpoints, registry base models) go
+  // under <work_dir>/; created as needed.
+  std::string work_dir;
+  std::string node_name;  // for WorkerStatus::node
+  TrainOptions options;
+};
+
+// The name a job's actor is registered under in the Directory while it runs, so node.kill_actor
+// can name it: "train/job-3/trainer-0", "train/job-3/shard-1", "train/job-3/param-sync".
+std::string job_actor_name(const std::string& job_id, const std::string& kind, int rank = -1);
+
+// Spawns the job manager over `context` (jobs, blobs and directory set). It resumes the jobs the
+// JobStore holds that were not final.
+caf::actor spawn_job_manager(caf::actor_system& system, const TrainContext& context);
+
+}  // namespace cairn

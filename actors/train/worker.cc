@@ -1,0 +1,570 @@
+#include "actors/train/worker.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <spdlog/spdlog.h>
+#include <yaml-cpp/yaml.h>
+
+#include "actors/local_call.h"
+#include "actors/train/job_actors.h"
+#include "cluster/collective.h"
+#include "model/chat_template.h"
+#include "model/tokenizer.h"
+#include "runtime/messages/registry.h"
+#include "storage/blob_store.h"
+
+namespace cairn::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+int64_t unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+Status io_error(const std::string& what, const std::error_code& ec) {
+  return Status(Code::io_error, what + ": " + ec.message());
+}
+
+Result<std::string> read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status(Code::not_found, path + ": cannot be read");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+Status write_text_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) return Status(Code::io_error, path + ": cannot be written");
+  return Status();
+}
+
+// Exports a registry version's artifacts from the blob store into `dir` (each verified against
+// its sha256 on the way), unless `dir` already holds a complete export (its .complete marker).
+Status export_version(storage::BlobStore& blobs, const msg::ModelVersion& version, const std::string& dir) {
+  const std::string marker = dir + "/.cairn-complete";
+  if (fs::exists(marker)) return Status();
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return io_error("create " + dir, ec);
+  for (const auto& artifact : version.artifacts) {
+    const fs::path relative(artifact.path);
+    if (relative.is_absolute() || artifact.path.find("..") != std::string::npos) {
+      return Status(Code::data_loss, version.name + "/" + version.version + ": artifact path \"" + artifact.path +
+                                         "\" leaves the version's directory");
+    }
+    const fs::path dest = fs::path(dir) / relative;
+    fs::create_directories(dest.parent_path(), ec);
+    if (ec) return io_error("create " + dest.parent_path().string(), ec);
+    Status exported = blobs.export_to(artifact.sha256, dest.string());
+    if (!exported.ok()) return exported.with_context(version.name + "/" + version.version + ": " + artifact.path);
+  }
+  return write_text_file(marker, "");
+}
+
+Result<msg::ModelVersion> get_version(const Directory& directory, const msg::GetVersionRequest& request,
+                                      std::chrono::milliseconds timeout) {
+  auto reply = call_local_blocking<msg::VersionReply>(directory, "registry", std::string(msg::kGetVersion), request,
+                                                      timeout);
+  if (!reply.ok()) return reply.status();
+  return reply->model_version;
+}
+
+}  // namespace
+
+std::string cursor_artifact_path(int rank) { return "cairn/data_cursor.rank" + std::to_string(rank) + ".json"; }
+
+// ---- overrides ----
+
+Result<std::string> apply_overrides(const std::string& yaml, const std::vector<std::string>& overrides,
+                                    const std::string& source_name) {
+  if (overrides.empty()) return yaml;
+  try {
+    YAML::Node root = yaml.empty() ? YAML::Node(YAML::NodeType::Map) : YAML::Load(yaml);
+    if (!root.IsMap()) return yaml;  // parse_train_config reports the top level
+    for (const auto& override_text : overrides) {
+      const size_t eq = override_text.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        return Status(Code::invalid_argument, "override \"" + override_text + "\": expected KEY=VALUE");
+      }
+      const std::string key = override_text.substr(0, eq);
+      root[key] = YAML::Load(override_text.substr(eq + 1));
+    }
+    YAML::Emitter out;
+    out << root;
+    return std::string(out.c_str()) + "\n";
+  } catch (const std::exception& e) {
+    // The YAML itself is malformed: parse_train_config names the line and column.
+    (void)source_name;
+    return yaml;
+  }
+}
+
+// ---- prepare ----
+
+Result<PreparedJobPtr> prepare_job(const PrepareRequest& request, const Directory& directory,
+                                   storage::BlobStore& blobs, std::chrono::milliseconds registry_timeout) {
+  auto job = std::make_shared<PreparedJob>();
+  job->job_id = request.job_id;
+  job->generation = request.generation;
+  job->run_id = request.run_id;
+  auto config = parse_train_config(request.config_yaml, request.config_name, nullptr);
+  if (!config.ok()) return config.status();
+  job->config = std::move(config).value();
+  const TrainJobConfig& c = job->config;
+  job->config_digest = train_config_digest(c);
+  job->world_size = static_cast<int>(c.num_workers);
+  job->output_model = c.output_model.empty() ? c.experiment + "-" + request.job_id : c.output_model;
+
+  std::error_code ec;
+  job->work_dir = request.work_dir + "/gen-" + std::to_string(request.generation);
+  fs::remove_all(job->work_dir, ec);
+  fs::create_directories(job->work_dir, ec);
+  if (ec) return io_error("create " + job->work_dir, ec);
+
+  // The base model.
+  if (c.base_model.kind == ModelReference::Kind::registry) {
+    msg::GetVersionRequest get;
+    get.name = c.base_model.name;
+    get.version = c.base_model.version;
+    get.alias = c.base_model.alias;
+    auto version = get_version(directory, get, registry_timeout);
+    if (!version.ok()) return version.status().with_context("base_model " + c.base_model.to_string());
+    const std::string dir = request.models_dir + "/" + version->name + "/" + version->version;
+    CAIRN_RETURN_IF_ERROR(export_version(blobs, *version, dir));
+    job->init.base_model_dir = dir;
+    job->base_model_reference = version->name + "/" + version->version;
+  } else if (c.base_model.kind == ModelReference::Kind::local_dir) {
+    job->init.base_model_dir = c.base_model.path;
+    job->base_model_reference = c.base_model.path;
+  }
+  job->init.base_model_reference = job->base_model_reference;
+
+  // Tokenizer and data (the data once per job).
+  std::string tokenizer_source = c.tokenizer.empty() ? job->init.base_model_dir : c.tokenizer;
+  if (tokenizer_source.empty()) return Status(Code::invalid_argument, "tokenizer: the job names no tokenizer");
+  job->init.tokenizer_path =
+      fs::is_directory(tokenizer_source) ? tokenizer_source + "/tokenizer.json" : tokenizer_source;
+  if (request.dataset) {
+    job->dataset = request.dataset;
+  } else {
+    auto tokenizer = Tokenizer::load(tokenizer_source);
+    if (!tokenizer.ok()) return tokenizer.status().with_context("tokenizer " + tokenizer_source);
+    DataOptions data = data_options(c);
+    bool chat = false;
+    for (const auto& spec : c.datasets) chat = chat || spec.type == "chat_template";
+    if (chat && data.chat_template.empty() && c.chat_template == ChatTemplateChoice::tokenizer_default) {
+      auto chat_template = load_chat_template(tokenizer_source);
+      if (!chat_template.ok()) return chat_template.status();
+      data.chat_template = std::move(chat_template).value();
+    }
+    auto dataset = load_datasets(c.datasets, *tokenizer, data);
+    if (!dataset.ok()) return dataset.status();
+    job->dataset = std::make_shared<const TokenizedDataset>(std::move(dataset).value());
+  }
+
+  // The schedule, from the rows of the first epoch over all shards.
+  StreamOptions stream = stream_options(c, 0);
+  auto probe = BatchStream::create(*job->dataset, DataSplit::train, stream);
+  if (!probe.ok()) return probe.status();
+  auto schedule = training_schedule(c, probe->rows_in_epoch(0));
+  if (!schedule.ok()) return schedule.status();
+  job->schedule = *schedule;
+  job->init.schedule = *schedule;
+
+  // The checkpoint to resume from.
+  if (!request.resume_from.model.empty()) {
+    msg::GetVersionRequest get;
+    get.name = request.resume_from.model;
+    get.version = request.resume_from.version;
+    auto version = get_version(directory, get, registry_timeout);
+    if (!version.ok()) {
+      return version.status().with_context("checkpoint " + get.name + "/" + get.version);
+    }
+    job->resume_dir = job->work_dir + "/resume";
+    CAIRN_RETURN_IF_ERROR(export_version(blobs, *version, job->resume_dir));
+    job->resume_step = request.resume_from.step;
+    job->resume_cursors.resize(static_cast<size_t>(job->world_size));
+    for (int rank = 0; rank < job->world_size; ++rank) {
+      auto text = read_text_file(job->resume_dir + "/" + cursor_artifact_path(rank));
+      if (!text.ok()) return text.status().with_context("checkpoint " + get.name + "/" + get.version);
+      auto cursor = DataCursor::from_json(*text);
+      if (!cursor.ok()) return cursor.status().with_context("checkpoint " + get.name + "/" + get.version);
+      job->resume_cursors[static_cast<size_t>(rank)] = std::move(cursor).value();
+    }
+  }
+  return PreparedJobPtr(std::move(job));
+}
+
+// ---- BatchQueue ----
+
+void BatchQueue::push(ShardBatchPtr batch) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_) return;
+    batches_.push_back(std::move(batch));
+  }
+  cv_.notify_one();
+}
+
+Result<ShardBatchPtr> BatchQueue::pop() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  cv_.wait(lock, [this] { return closed_.has_value() || !batches_.empty(); });
+  if (closed_) return *closed_;
+  ShardBatchPtr batch = std::move(batches_.front());
+  batches_.pop_front();
+  return batch;
+}
+
+void BatchQueue::close(const Status& why) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_) return;
+    closed_ = why;
+    batches_.clear();
+  }
+  cv_.notify_all();
+}
+
+// ---- links ----
+
+namespace {
+
+class InProcessLink final : public RankLink {
+ public:
+  explicit InProcessLink(std::unique_ptr<Collective> member) : member_(std::move(member)) {}
+  Result<Collective*> connect() override { return member_.get(); }
+  void abort() override { member_->abort(); }
+
+ private:
+  const std::unique_ptr<Collective> member_;  // thread-safe abort(); used by one rank's thread
+};
+
+}  // namespace
+
+std::vector<RankLinkPtr> in_process_links(int world_size) {
+  std::vector<RankLinkPtr> links;
+  auto group = InProcessGroup::create(world_size);
+  if (!group) return links;
+  for (int rank = 0; rank < world_size; ++rank) links.push_back(std::make_shared<InProcessLink>(group->member(rank)));
+  return links;
+}
+
+// ---- the worker thread ----
+
+namespace {
+
+class Worker {
+ public:
+  explicit Worker(const WorkerContext& context) : cx_(context), job_(*context.job), config_(context.job->config) {}
+
+  // Trains; returns the guard's message ("" = ran to the end).
+  Result<std::string> run() {
+    Collective* collective = nullptr;
+    if (cx_.link) {
+      auto connected = cx_.link->connect();
+      if (!connected.ok()) return connected.status();
+      collective = *connected;
+    }
+    TrainerOptions options;
+    options.rank = cx_.rank;
+    options.world_size = job_.world_size;
+    options.collective = collective;
+    options.device = config_.device;
+    collective_ = collective;
+    auto trainer = Trainer::create(config_, job_.init, options);
+    if (!trainer.ok()) return trainer.status();
+    trainer_ = std::move(trainer).value();
+    if (!job_.resume_dir.empty()) {
+      CAIRN_RETURN_IF_ERROR(trainer_->load_checkpoint(job_.resume_dir));
+      if (cx_.rank < static_cast<int>(job_.resume_cursors.size()) && job_.resume_cursors[cx_.rank]) {
+        cursor_json_ = job_.resume_cursors[cx_.rank]->to_json();
+      }
+      log("info", "resumed from the checkpoint at step " + std::to_string(trainer_->completed_steps()));
+    }
+    CAIRN_RETURN_IF_ERROR(load_validation_batches());
+
+    const TrainingSchedule& schedule = job_.schedule;
+    int64_t step = trainer_->completed_steps();
+    last_log_time_ = std::chrono::steady_clock::now();
+    while (step < schedule.total_steps) {
+      for (int64_t i = 0; i < config_.gradient_accumulation_steps; ++i) {
+        if (cx_.stop->load()) return Status(Code::cancelled, "stopped");
+        auto batch = cx_.queue->pop();
+        if (!batch.ok()) return batch.status();
+        caf::anon_send(cx_.trainer, batch_consumed_atom::value);
+        CAIRN_RETURN_IF_ERROR(trainer_->accumulate((*batch)->rows));
+        cursor_json_ = (*batch)->cursor_json;
+      }
+      auto stats = trainer_->step();
+      if (!stats.ok()) return stats.status();
+      step = stats->step;
+      tokens_since_log_ += stats->tokens;
+      const bool last = step >= schedule.total_steps;
+      std::string stop_reason;
+      if (step % config_.logging_steps == 0 || last) stop_reason = on_logging_step(*stats);
+      if (has_validation_ && ((schedule.eval_every > 0 && step % schedule.eval_every == 0) || last)) {
+        auto eval = trainer_->evaluate(val_batches_);
+        if (!eval.ok()) return eval.status();
+        std::string early = on_evaluation(step, *eval);
+        if (stop_reason.empty()) stop_reason = early;
+      }
+      const bool final_save = last || !stop_reason.empty();
+      if (final_save || (schedule.save_every > 0 && step % schedule.save_every == 0)) {
+        CAIRN_RETURN_IF_ERROR(checkpoint(step, final_save, stop_reason));
+      }
+      if (!stop_reason.empty()) return stop_reason;
+    }
+    return std::string();
+  }
+
+  int64_t step() const { return trainer_ ? trainer_->completed_steps() : 0; }
+  std::string digest() const { return trainer_ ? trainer_->parameters_digest() : std::string(); }
+
+ private:
+  Status load_validation_batches() {
+    // Every rank evaluates together (evaluate() reduces across ranks), so whether the job evaluates
+    // depends on the dataset only; a rank whose shard got no validation row passes no batches.
+    has_validation_ = job_.dataset->val && !job_.dataset->val->empty();
+    if (!has_validation_) return Status();
+    StreamOptions options = stream_options(config_, cx_.rank);
+    options.shuffle = false;
+    options.num_epochs = 1;
+    auto stream = BatchStream::create(*job_.dataset, DataSplit::val, options);
+    if (!stream.ok()) return stream.status().with_context("validation split");
+    std::vector<PackedRow> batch;
+    while (auto row = stream->next()) {
+      batch.push_back(std::move(*row));
+      if (static_cast<int64_t>(batch.size()) == config_.micro_batch_size) {
+        val_batches_.push_back(std::move(batch));
+        batch.clear();
+      }
+    }
+    if (!batch.empty()) val_batches_.push_back(std::move(batch));
+    return Status();
+  }
+
+  // Rank 0 reports and logs metrics; every rank runs the loss watchdog (the loss is the same on
+  // every rank, so they stop together).
+  std::string on_logging_step(const StepStats& stats) {
+    const auto now = std::chrono::steady_clock::now();
+    const double seconds = std::chrono::duration<double>(now - last_log_time_).count();
+    const double tokens_per_s = seconds > 0 ? static_cast<double>(tokens_since_log_) / seconds : 0.0;
+    last_log_time_ = now;
+    tokens_since_log_ = 0;
+    if (cx_.rank == 0) {
+      auto report = std::make_shared<WorkerReport>(base_report(WorkerReport::Kind::progress, stats.step));
+      report->loss = stats.loss;
+      report->lr = stats.lr;
+      report->grad_norm = stats.grad_norm;
+      report->tokens_per_s = tokens_per_s;
+      char line[200];
+      std::snprintf(line, sizeof line, "step %lld/%lld loss %.4f lr %.3g grad_norm %.3f tokens/s %.0f",
+                    static_cast<long long>(stats.step), static_cast<long long>(job_.schedule.total_steps), stats.loss,
+                    stats.lr, stats.grad_norm, tokens_per_s);
+      report->message = line;
+      send(report);
+      log_metrics(stats.step, {{"loss", stats.loss},
+                               {"lr", stats.lr},
+                               {"grad_norm", stats.grad_norm},
+                               {"tokens_per_s", tokens_per_s}});
+    }
+    if (config_.loss_watchdog_threshold > 0) {
+      watchdog_count_ = stats.loss > config_.loss_watchdog_threshold ? watchdog_count_ + 1 : 0;
+      if (watchdog_count_ >= config_.loss_watchdog_patience) {
+        char why[200];
+        std::snprintf(why, sizeof why,
+                      "loss watchdog: the training loss stayed above loss_watchdog_threshold %g for %lld logged "
+                      "steps (last %.4f at step %lld)",
+                      config_.loss_watchdog_threshold, static_cast<long long>(watchdog_count_), stats.loss,
+                      static_cast<long long>(stats.step));
+        return why;
+      }
+    }
+    return std::string();
+  }
+
+  std::string on_evaluation(int64_t step, const EvalStats& eval) {
+    if (cx_.rank == 0) {
+      auto report = std::make_shared<WorkerReport>(base_report(WorkerReport::Kind::eval, step));
+      report->eval_loss = eval.loss;
+      report->eval_perplexity = eval.perplexity;
+      char line[160];
+      std::snprintf(line, sizeof line, "eval at step %lld: eval_loss %.4f perplexity %.2f",
+                    static_cast<long long>(step), eval.loss, eval.perplexity);
+      report->message = line;
+      send(report);
+      log_metrics(step, {{"eval_loss", eval.loss}, {"eval_perplexity", eval.perplexity}});
+    }
+    if (eval.loss < best_eval_loss_) {
+      best_eval_loss_ = eval.loss;
+      evals_without_improvement_ = 0;
+    } else {
+      ++evals_without_improvement_;
+    }
+    if (config_.early_stopping_patience > 0 && evals_without_improvement_ >= config_.early_stopping_patience) {
+      char why[200];
+      std::snprintf(why, sizeof why,
+                    "early stopping: eval_loss has not improved on %.4f for %lld evaluations "
+                    "(early_stopping_patience %lld)",
+                    best_eval_loss_, static_cast<long long>(evals_without_improvement_),
+                    static_cast<long long>(config_.early_stopping_patience));
+      return why;
+    }
+    return std::string();
+  }
+
+  // Every rank's data cursor to rank 0, through the collective (so it works the same between
+  // processes); then rank 0 saves and registers the checkpoint. Every rank calls it at the same
+  // steps.
+  Status checkpoint(int64_t step, bool final, const std::string& stop_reason) {
+    std::vector<std::string> cursors(static_cast<size_t>(job_.world_size));
+    cursors[static_cast<size_t>(cx_.rank)] = cursor_json_;
+    if (job_.world_size > 1) {
+      for (int root = 0; root < job_.world_size; ++root) {
+        uint64_t size = root == cx_.rank ? cursor_json_.size() : 0;
+        CAIRN_RETURN_IF_ERROR(collective_->broadcast(&size, sizeof size, root));
+        std::string& text = cursors[static_cast<size_t>(root)];
+        text.resize(size);
+        CAIRN_RETURN_IF_ERROR(collective_->broadcast(text.data(), size, root));
+      }
+    }
+    if (cx_.rank != 0) return Status();
+    const std::string dir = job_.work_dir + "/checkpoint-" + std::to_string(step);
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+    CAIRN_RETURN_IF_ERROR(trainer_->save_checkpoint(dir));
+    fs::create_directories(dir + "/cairn", ec);
+    if (ec) return io_error("create " + dir + "/cairn", ec);
+    for (int rank = 0; rank < job_.world_size; ++rank) {
+      CAIRN_RETURN_IF_ERROR(write_text_file(dir + "/" + cursor_artifact_path(rank), cursors[static_cast<size_t>(rank)]));
+    }
+    msg::CreateVersionRequest request;
+    request.name = job_.output_model;
+    request.create_model = true;
+    request.run_id = job_.run_id;
+    request.source = "train:" + job_.job_id + ":step-" + std::to_string(step);
+    request.base_model = job_.base_model_reference;
+    request.description = (final ? "final model of training job " : "checkpoint of training job ") + job_.job_id +
+                          " at step " + std::to_string(step);
+    request.tags = {{"cairn.job_id", job_.job_id},
+                    {"cairn.step", std::to_string(step)},
+                    {"cairn.kind", final ? "final" : "checkpoint"},
+                    {"cairn.config_digest", job_.config_digest},
+                    {"cairn.dataset_digest", job_.dataset->digest}};
+    if (!stop_reason.empty()) request.tags.push_back({"cairn.stop_reason", stop_reason});
+    std::vector<fs::path> files;
+    for (const auto& entry : fs::recursive_directory_iterator(dir, ec)) {
+      if (entry.is_regular_file()) files.push_back(entry.path());
+    }
+    if (ec) return io_error("list " + dir, ec);
+    std::sort(files.begin(), files.end());
+    for (const auto& file : files) {
+      auto blob = cx_.blobs->put_file(file.string());
+      if (!blob.ok()) return blob.status().with_context("checkpoint at step " + std::to_string(step));
+      request.artifacts.push_back({fs::relative(file, dir).generic_string(), blob->sha256, blob->size});
+    }
+    auto version = call_local_blocking<msg::VersionReply>(*cx_.directory, "registry",
+                                                          std::string(msg::kCreateVersion), request,
+                                                          cx_.registry_timeout);
+    fs::remove_all(dir, ec);
+    if (!version.ok()) return version.status().with_context("registering the checkpoint at step " + std::to_string(step));
+    if (final && !config_.output_dir.empty()) {
+      Status exported = trainer_->export_model(config_.output_dir);
+      if (!exported.ok()) log("warn", "output_dir: " + exported.to_string());
+    }
+    auto report = std::make_shared<WorkerReport>(base_report(WorkerReport::Kind::checkpoint, step));
+    report->checkpoint = {version->model_version.name, version->model_version.version, step};
+    report->message = std::string(final ? "final model" : "checkpoint") + " at step " + std::to_string(step) +
+                      " registered as " + version->model_version.name + "/" + version->model_version.version;
+    send(report);
+    return Status();
+  }
+
+  WorkerReport base_report(WorkerReport::Kind kind, int64_t step) const {
+    WorkerReport report;
+    report.job_id = job_.job_id;
+    report.generation = job_.generation;
+    report.kind = kind;
+    report.step = step;
+    return report;
+  }
+
+  void send(const std::shared_ptr<WorkerReport>& report) {
+    caf::anon_send(cx_.job_manager, WorkerReportPtr(report));
+  }
+
+  void log(const std::string& level, const std::string& message) {
+    if (cx_.rank != 0) return;
+    auto report = std::make_shared<WorkerReport>(base_report(WorkerReport::Kind::log, step()));
+    report->level = level;
+    report->message = message;
+    send(report);
+  }
+
+  // Fire and forget: the registry answers on its own time; a failure is logged, never waited on.
+  void log_metrics(int64_t step, std::initializer_list<std::pair<const char*, double>> values) {
+    if (job_.run_id.empty()) return;
+    msg::LogBatchRequest request;
+    request.run_id = job_.run_id;
+    const int64_t now = unix_ms();
+    for (const auto& [key, value] : values) {
+      if (!std::isfinite(value)) continue;
+      request.metrics.push_back({key, value, now, step});
+    }
+    LocalCallHandlers handlers;
+    handlers.on_done = [job = job_.job_id](Result<std::string> reply) {
+      if (!reply.ok()) spdlog::warn("train {}: metrics not logged: {}", job, reply.status().to_string());
+    };
+    send_local_call(*cx_.directory, "registry", std::string(msg::kLogBatch), wire::encode(request),
+                    std::move(handlers));
+  }
+
+  const WorkerContext& cx_;
+  const PreparedJob& job_;
+  const TrainJobConfig& config_;
+  Collective* collective_ = nullptr;
+  std::unique_ptr<Trainer> trainer_;
+  bool has_validation_ = false;
+  std::vector<std::vector<PackedRow>> val_batches_;
+  std::string cursor_json_;
+  std::chrono::steady_clock::time_point last_log_time_;
+  int64_t tokens_since_log_ = 0;
+  int64_t watchdog_count_ = 0;
+  double best_eval_loss_ = INFINITY;
+  int64_t evals_without_improvement_ = 0;
+};
+
+}  // namespace
+
+void run_worker(const WorkerContext& context) {
+  auto done = std::make_shared<WorkerDone>();
+  done->job_id = context.job->job_id;
+  done->generation = context.job->generation;
+  done->rank = context.rank;
+  try {
+    Worker worker(context);
+    auto result = worker.run();
+    if (result.ok()) {
+      done->stop_reason = *result;
+    } else {
+      done->status = result.status();
+    }
+    done->step = worker.step();
+    done->parameters_digest = worker.digest();
+  } catch (const std::exception& e) {
+    done->status = Status(Code::internal, std::string("trainer threw: ") + e.what());
+  }
+  if (!done->status.ok() && context.link) context.link->abort();  // the other ranks must not wait for this one
+  caf::anon_send(context.job_manager, WorkerDonePtr(std::move(done)));
+}
+
+}  // namespace cairn::train
