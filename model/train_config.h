@@ -29,8 +29,9 @@ namespace cairn {
 // The model
 
 // The `architecture:` block: a Llama-family model built with random weights, for pretraining
-// from scratch. Every key is optional; the defaults make the small demo model (about 3.4M
-// parameters with a 4k vocabulary). Names are those of a Hugging Face config.json.
+// from scratch. Every key is optional; the defaults make the small demo model (about 4.5M
+// parameters with a 4096-token vocabulary: 3.4M in the layers, 1M in the tied embedding). Names
+// are those of a Hugging Face config.json.
 struct ArchitectureSpec {
   int64_t hidden_size = 256;        // > 0, a multiple of num_attention_heads
   // The SwiGLU MLP's inner width. 0: derived as Llama does, 8/3 * hidden_size rounded up to a

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "model/tokenizer.h"
 #include "tests/storage/test_dir.h"
 
 namespace cairn {
@@ -66,6 +67,56 @@ TEST(TrainConfigTest, ExamplesParseWithoutWarnings) {
     }
   }
   EXPECT_EQ(count, 4);
+}
+
+// The fine-tune examples' datasets are valid for their types: every line becomes an example.
+TEST(TrainConfigTest, ExampleDatasetsLoad) {
+  Result<Tokenizer> tokenizer =
+      Tokenizer::load(std::string(CAIRN_SOURCE_DIR) + "/../shared/fixtures/hf/tiny-llama/tokenizer.json");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().to_string();
+  for (const char* name : {"lora.yaml", "qlora.yaml", "chat.yaml"}) {
+    SCOPED_TRACE(name);
+    Result<TrainJobConfig> config =
+        load_train_config(std::string(CAIRN_SOURCE_DIR) + "/configs/train/" + name, nullptr);
+    ASSERT_TRUE(config.ok()) << config.status().to_string();
+    DataOptions options = data_options(*config);
+    options.bad_line_policy = BadLinePolicy::fail;
+    Result<TokenizedDataset> data = load_datasets(config->datasets, *tokenizer, options);
+    ASSERT_TRUE(data.ok()) << data.status().to_string();
+    EXPECT_EQ(data->report.examples, data->report.lines);
+    EXPECT_GT(data->train->size(), 0u);
+    Result<TrainingSchedule> schedule = training_schedule(*config, static_cast<int64_t>(data->train->size()));
+    ASSERT_TRUE(schedule.ok()) << schedule.status().to_string();
+    EXPECT_GT(schedule->total_steps, schedule->warmup_steps);
+  }
+}
+
+// The pretraining example's data settings on the real corpus (written here as demo-data would,
+// tokenized with the fixture tokenizer rather than the demo's own): every entry is used, and the
+// schedule is sane.
+TEST(TrainConfigTest, PretrainExampleOnTheDemoCorpus) {
+  Result<std::vector<std::string>> documents = devil_corpus_documents();
+  if (!documents.ok()) GTEST_SKIP() << "no dict-devil: " << documents.status().to_string();
+  TestDir dir;
+  ASSERT_TRUE(write_completion_jsonl(*documents, dir.path("devil.jsonl")).ok());
+  Result<TrainJobConfig> config =
+      load_train_config(std::string(CAIRN_SOURCE_DIR) + "/configs/train/pretrain-devil.yaml", nullptr);
+  ASSERT_TRUE(config.ok()) << config.status().to_string();
+  config->datasets[0].path = dir.path("devil.jsonl");
+  Result<Tokenizer> tokenizer =
+      Tokenizer::load(std::string(CAIRN_SOURCE_DIR) + "/../shared/fixtures/hf/tiny-llama/tokenizer.json");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().to_string();
+  Result<TokenizedDataset> data = load_datasets(config->datasets, *tokenizer, data_options(*config));
+  ASSERT_TRUE(data.ok()) << data.status().to_string();
+  EXPECT_EQ(data->report.skipped_total(), 0);
+  EXPECT_GT(data->report.split, 0);  // some entries are longer than 256 tokens
+  Result<BatchStream> stream = BatchStream::create(*data, DataSplit::train, stream_options(*config, 0));
+  ASSERT_TRUE(stream.ok()) << stream.status().to_string();
+  Result<TrainingSchedule> schedule = training_schedule(*config, stream->rows_in_epoch(0));
+  ASSERT_TRUE(schedule.ok()) << schedule.status().to_string();
+  EXPECT_GT(schedule->total_steps, 50);
+  EXPECT_GT(schedule->warmup_steps, 0);
+  EXPECT_GT(schedule->eval_every, 0);
 }
 
 TEST(TrainConfigTest, PretrainExampleMakesTheSmallModel) {
