@@ -140,11 +140,12 @@ struct InferenceEngine::Impl {
     }
     blocks = std::make_unique<KvBlockManager>(num_blocks, options.block_size);
     try {
+      // Uninitialised: a sequence reads only the slots it wrote.
       const auto tensor_options = at::TensorOptions().dtype(model->dtype()).device(model->device());
       for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
-        pool.keys.push_back(at::zeros({num_blocks * options.block_size, config.num_key_value_heads, config.head_dim},
+        pool.keys.push_back(at::empty({num_blocks * options.block_size, config.num_key_value_heads, config.head_dim},
                                       tensor_options));
-        pool.values.push_back(at::zeros({num_blocks * options.block_size, config.num_key_value_heads, config.head_dim},
+        pool.values.push_back(at::empty({num_blocks * options.block_size, config.num_key_value_heads, config.head_dim},
                                         tensor_options));
       }
     } catch (...) {
