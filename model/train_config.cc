@@ -882,11 +882,11 @@ Result<std::string> apply_train_config_overrides(std::string_view yaml_text,
   YAML::Node root;
   try {
     root = YAML::Load(std::string(yaml_text));
-  } catch (const YAML::ParserException& e) {
-    return error(Code::invalid_argument, "malformed YAML at line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  } catch (const YAML::ParserException&) {
+    return std::string(yaml_text);  // parse_train_config names the file, line and column
   }
   if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-  if (!root.IsMap()) return error(Code::invalid_argument, "overrides need a map of keys at the top level");
+  if (!root.IsMap()) return std::string(yaml_text);  // parse_train_config reports the top level
   for (const std::string& override_text : overrides) {
     size_t equals = override_text.find('=');
     std::string context = "override " + quote(override_text);

@@ -252,9 +252,10 @@ Result<TrainJobConfig> load_train_config(const std::string& path, std::vector<Co
 
 // The YAML with `overrides` ("KEY=VALUE", VALUE read as YAML: "max_steps=20", "nodes=[a:1, b:2]")
 // set over it, as YAML text for parse_train_config. KEY is a top-level key or a dotted path into
-// nested maps ("architecture.hidden_size=128"). Comments and key order are not kept.
-// invalid_argument naming the override for text without '=', a value that is not YAML, or a
-// path through a key that is not a map.
+// nested maps ("architecture.hidden_size=128"). Comments and key order are not kept. YAML that
+// does not parse, or whose top level is not a map, comes back unchanged for parse_train_config to
+// report with its file, line and column. invalid_argument naming the override for text without
+// '=', a value that is not YAML, or a path through a key that is not a map.
 Result<std::string> apply_train_config_overrides(std::string_view yaml_text,
                                                  const std::vector<std::string>& overrides);
 

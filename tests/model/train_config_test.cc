@@ -498,6 +498,9 @@ TEST(TrainConfigTest, OverridesSetKeysBeforeParsing) {
   EXPECT_EQ(apply_train_config_overrides(kMinimal, {"learning_rate.x=1"}).status().message(),
             "override \"learning_rate.x=1\": learning_rate is not a map");
   EXPECT_EQ(*apply_train_config_overrides(kMinimal, {}), kMinimal);
+  // Malformed YAML comes back as it is, for the parser's message with the line.
+  EXPECT_EQ(*apply_train_config_overrides("a: [1\n", {"b=2"}), "a: [1\n");
+  EXPECT_EQ(*apply_train_config_overrides("", {"max_steps=3"}), "max_steps: 3\n");
 }
 
 // ---- schedule ------------------------------------------------------------------------------------
