@@ -308,7 +308,7 @@ class Parser {
     YAML::Node root;
     try {
       root = YAML::Load(std::string(text));
-    } catch (const YAML::ParserException& e) {
+    } catch (const YAML::Exception& e) {
       std::string where = source_;
       if (!e.mark.is_null()) {
         where += ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1);
@@ -319,7 +319,12 @@ class Parser {
       return in_source(invalid("(top level)", std::string("expected a map of keys (see docs/TRAINING.md), got ") +
                                                   (root.IsNull() ? "an empty document" : describe(root))));
     }
-    Status status = read_top_level(root);
+    Status status;
+    try {
+      status = read_top_level(root);
+    } catch (const YAML::Exception& e) {  // yaml-cpp's accessors throw on what the checks missed
+      status = error(Code::invalid_argument, "malformed YAML: " + e.msg);
+    }
     if (status.ok()) status = check_spelling();
     if (!status.ok()) return in_source(status);
     if (!has_learning_rate_) {
@@ -876,31 +881,12 @@ Result<TrainJobConfig> load_train_config(const std::string& path, std::vector<Co
   return Parser(path, base_dir, warnings).parse(*text);
 }
 
-Result<std::string> apply_train_config_overrides(std::string_view yaml_text,
-                                                 const std::vector<std::string>& overrides) {
-  if (overrides.empty()) return std::string(yaml_text);
-  YAML::Node root;
+namespace {
+
+// Sets `key` ("architecture.hidden_size" walks into nested maps, creating them as needed) in
+// `root` to `value`. Errors begin with `context`.
+Status set_override(YAML::Node root, const std::string& key, const YAML::Node& value, const std::string& context) {
   try {
-    root = YAML::Load(std::string(yaml_text));
-  } catch (const YAML::ParserException&) {
-    return std::string(yaml_text);  // parse_train_config names the file, line and column
-  }
-  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-  if (!root.IsMap()) return std::string(yaml_text);  // parse_train_config reports the top level
-  for (const std::string& override_text : overrides) {
-    size_t equals = override_text.find('=');
-    std::string context = "override " + quote(override_text);
-    if (equals == std::string::npos || equals == 0) {
-      return error(Code::invalid_argument, context + ": expected KEY=VALUE");
-    }
-    YAML::Node value;
-    try {
-      value = YAML::Load(override_text.substr(equals + 1));
-    } catch (const YAML::ParserException& e) {
-      return error(Code::invalid_argument, context + ": the value is not YAML: " + e.msg);
-    }
-    // "architecture.hidden_size" walks into nested maps, creating them as needed.
-    std::string key = override_text.substr(0, equals);
     YAML::Node node = root;
     size_t start = 0;
     for (size_t dot = key.find('.'); dot != std::string::npos; dot = key.find('.', start)) {
@@ -918,11 +904,45 @@ Result<std::string> apply_train_config_overrides(std::string_view yaml_text,
     std::string leaf = key.substr(start);
     if (leaf.empty()) return error(Code::invalid_argument, context + ": empty key component");
     node[leaf] = value;
+  } catch (const YAML::Exception& e) {
+    return error(Code::invalid_argument, context + ": " + e.msg);
+  }
+  return Status::ok_status();
+}
+
+}  // namespace
+
+Result<std::string> apply_train_config_overrides(std::string_view yaml_text,
+                                                 const std::vector<std::string>& overrides) {
+  if (overrides.empty()) return std::string(yaml_text);
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml_text));
+  } catch (const YAML::Exception&) {
+    return std::string(yaml_text);  // parse_train_config names the file, line and column
+  }
+  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsMap()) return std::string(yaml_text);  // parse_train_config reports the top level
+  for (const std::string& override_text : overrides) {
+    size_t equals = override_text.find('=');
+    std::string context = "override " + quote(override_text);
+    if (equals == std::string::npos || equals == 0) {
+      return error(Code::invalid_argument, context + ": expected KEY=VALUE");
+    }
+    YAML::Node value;
+    try {
+      value = YAML::Load(override_text.substr(equals + 1));
+    } catch (const YAML::Exception& e) {
+      return error(Code::invalid_argument, context + ": the value is not YAML: " + e.msg);
+    }
+    Status set = set_override(root, override_text.substr(0, equals), value, context);
+    if (!set.ok()) return set;
   }
   YAML::Emitter out;
   out << root;
   return std::string(out.c_str()) + "\n";
 }
+
 
 std::string to_canonical_json(const TrainJobConfig& c) {
   json base{{"kind", c.base_model.kind == ModelReference::Kind::none        ? "none"
