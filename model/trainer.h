@@ -155,7 +155,8 @@ class Trainer {
   double next_learning_rate() const;
   // Number of trainable scalars.
   int64_t trainable_parameter_count() const;
-  // "fnv1a64:<16 hex digits>" over the trainable parameters' names and bytes, in name order:
+  // "fnv1a64:<16 hex digits>" over the trainable parameters' names and bytes, in the model's
+  // parameter order:
   // equal digests mean bitwise-equal parameters (not cryptographic).
   std::string parameters_digest() const;
   // The same over every base weight as a checkpoint holds it (frozen ones included; an NF4 base
