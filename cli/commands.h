@@ -47,6 +47,15 @@ std::chrono::milliseconds timeout_of(const ConnectArgs& args);
 // "cairn <command>: <code>: <message>" on stderr) and returns the exit code for it.
 int report_error(const ConnectArgs& args, const std::string& command, const Status& status);
 
+// Text output shared by the client commands (cli/registry_commands.cc).
+std::string format_time(int64_t unix_ms);  // "2024-05-01 12:34:56Z"; "-" for <= 0
+std::string format_bytes(double bytes);    // "1.5 MiB"
+std::string format_value(double value);    // %.6g
+// Column-aligned text table on stdout: a header row, then rows; the last column is not padded.
+void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows);
+// One line of ▁▂▃▄▅▆▇█ for `values`, at most `width` characters.
+std::string sparkline(const std::vector<double>& values, size_t width);
+
 void add_client_commands(CLI::App& app);
 void add_config_commands(CLI::App& app);
 // cli/model_commands.cc: `cairn generate`.
@@ -55,5 +64,7 @@ void add_model_commands(CLI::App& app);
 void add_registry_commands(CLI::App& app);
 // cli/tokenizer_commands.cc: `cairn tokenize`, `cairn detokenize`, `cairn tokenizer train`.
 void add_tokenizer_commands(CLI::App& app);
+// cli/train_commands.cc: `cairn train submit|status|list|cancel|logs`.
+void add_train_commands(CLI::App& app);
 
 }  // namespace cairn::cli

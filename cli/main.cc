@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   cairn::cli::add_model_commands(app);
   cairn::cli::add_registry_commands(app);
   cairn::cli::add_tokenizer_commands(app);
+  cairn::cli::add_train_commands(app);
 
   try {
     app.parse(argc, argv);

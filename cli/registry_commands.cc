@@ -67,6 +67,9 @@ int output(const ConnectArgs& args, const Reply& reply, Print print) {
   return kExitOk;
 }
 
+}  // namespace
+
+// Formatting shared with the other client commands (cli/commands.h).
 std::string format_time(int64_t unix_ms) {
   if (unix_ms <= 0) return "-";
   std::time_t seconds = static_cast<std::time_t>(unix_ms / 1000);
@@ -156,6 +159,8 @@ std::string sparkline(const std::vector<double>& values, size_t width) {
   }
   return out;
 }
+
+namespace {
 
 // Finds an experiment by name, else by id.
 Result<msg::Experiment> find_experiment(Session& s, const std::string& name_or_id) {
