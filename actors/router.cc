@@ -2,6 +2,7 @@
 
 #include <caf/all.hpp>
 
+#include "actors/inference_batcher.h"
 #include "actors/messages.h"
 #include "actors/registry.h"
 
@@ -17,6 +18,7 @@ std::map<std::string, Route, std::less<>> default_routes() {
       {std::string(msg::kShutdown), {"supervisor", Role::admin}},
   };
   for (const auto& op : registry_ops()) routes.emplace(std::string(op.name), Route{"registry", op.min_role});
+  for (const auto& op : inference_ops()) routes.emplace(std::string(op.name), Route{"inference", op.min_role});
   return routes;
 }
 

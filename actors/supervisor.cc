@@ -241,7 +241,7 @@ caf::behavior supervisor_actor(Self self, SupervisorOptions options, std::vector
 
 }  // namespace
 
-std::vector<std::string> known_roles() { return {"echo", "registry"}; }
+std::vector<std::string> known_roles() { return {"echo", "registry", "inference"}; }
 
 std::vector<ChildSpec> child_specs_for(const std::vector<std::string>& roles, const RoleContext& context) {
   std::vector<ChildSpec> specs;
@@ -255,6 +255,10 @@ std::vector<ChildSpec> child_specs_for(const std::vector<std::string>& roles, co
       }
       specs.push_back({role, [registry = context.registry](caf::actor_system& system) {
                          return spawn_registry(system, registry);
+                       }});
+    } else if (role == "inference") {
+      specs.push_back({role, [inference = context.inference](caf::actor_system& system) {
+                         return spawn_inference_batcher(system, inference);
                        }});
     }
   }

@@ -11,6 +11,7 @@
 #include <caf/all.hpp>
 
 #include "actors/directory.h"
+#include "actors/inference_batcher.h"
 #include "actors/registry.h"
 #include "actors/restart_policy.h"
 #include "runtime/messages/node.h"
@@ -27,6 +28,7 @@ struct ChildSpec {
 // outlives the actor system, so a restarted child continues with the same resources.
 struct RoleContext {
   RegistryContext registry;  // "registry": both stores must be set
+  InferenceContext inference;  // "inference": directory and blobs for registry sources
 };
 
 // The roles this build can run, by name ("echo", "registry", ...), in the order the node starts them.

@@ -25,6 +25,15 @@ int main(int argc, char** argv) {
   flag_to_key("--token-file", "node.token_file", "Token file: lines of \"<role> <token>\"");
   flag_to_key("--name", "node.name", "Node name (default: the hostname)");
   flag_to_key("--log-level", "node.log_level", "trace, debug, info, warn, error or off");
+  node->add_option_function<std::vector<std::string>>(
+      "--serve",
+      [&node_args](const std::vector<std::string>& specs) {
+        std::string joined;
+        for (const auto& spec : specs) joined += (joined.empty() ? "" : ",") + spec;
+        node_args.overrides.emplace_back("serve.models", joined);
+      },
+      "NAME=SOURCE: serve a model (a Hugging Face folder, MODEL@ALIAS or MODEL/VERSION); repeatable; turns on the "
+      "inference role");
   node->callback([&] { std::exit(cairn::cli::run_node(node_args)); });
 
   cairn::cli::add_client_commands(app);

@@ -23,6 +23,7 @@
 #include "cluster/auth.h"
 #include "cluster/http_server.h"
 #include "cluster/mlflow_api.h"
+#include "cluster/openai_api.h"
 #include "cluster/server.h"
 #include "runtime/config.h"
 #include "runtime/version.h"
@@ -79,6 +80,41 @@ void init_logging(const std::string& level) {
   spdlog::set_default_logger(logger);
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
   spdlog::set_level(spdlog::level::from_str(level));
+}
+
+// The inference role's settings (serve.*). Serving models turns the role on.
+void configure_inference(NodeConfig& config, InferenceContext& inference) {
+  if (!config.serve_models.empty() &&
+      std::find(config.roles.begin(), config.roles.end(), "inference") == config.roles.end()) {
+    config.roles.emplace_back("inference");
+  }
+  InferenceOptions& o = inference.options;
+  o.cache_dir = config.data_dir + "/serve-cache";
+  o.model.device = config.serve_device;
+  o.engine.kv_cache_bytes = config.serve_kv_cache_bytes;
+  o.engine.block_size = config.serve_block_size;
+  o.engine.max_running = config.serve_max_running;
+  o.engine.max_step_tokens = config.serve_max_step_tokens;
+  o.max_queue = config.serve_max_queue;
+  o.request_timeout = std::chrono::milliseconds(config.serve_request_timeout_ms);
+  o.alias_poll = std::chrono::milliseconds(config.serve_alias_poll_ms);
+  for (const auto& spec : config.serve_models) {
+    auto parsed = parse_served_model(spec);  // load_node_config checked the shape
+    if (parsed.ok()) o.models.push_back(std::move(parsed).value());
+  }
+}
+
+// Node-level series for /metrics.
+std::string node_metrics_text(const msg::NodeStatus& status) {
+  return "# HELP cairn:node_uptime_seconds Seconds since the node started.\n"
+         "# TYPE cairn:node_uptime_seconds gauge\n"
+         "cairn:node_uptime_seconds " + std::to_string(static_cast<double>(status.uptime_ms) / 1000.0) + "\n"
+         "# HELP cairn:node_connections Open protocol connections.\n"
+         "# TYPE cairn:node_connections gauge\n"
+         "cairn:node_connections " + std::to_string(status.connections) + "\n"
+         "# HELP cairn:node_boot_count Times this data directory has started a node.\n"
+         "# TYPE cairn:node_boot_count counter\n"
+         "cairn:node_boot_count " + std::to_string(status.boot_count) + "\n";
 }
 
 }  // namespace
@@ -188,6 +224,9 @@ int run_node(const NodeArgs& args) {
   roles.registry.options.max_chunk_bytes = std::min(roles.registry.options.max_chunk_bytes, config.max_frame_bytes / 2);
   roles.registry.options.default_chunk_bytes =
       std::min(roles.registry.options.default_chunk_bytes, roles.registry.options.max_chunk_bytes);
+  configure_inference(config, roles.inference);
+  roles.inference.directory = &directory;
+  roles.inference.blobs = blob_store->get();
   caf::actor supervisor =
       spawn_supervisor(system, supervisor_options, child_specs_for(config.roles, roles), directory, hooks);
 
@@ -221,6 +260,8 @@ int run_node(const NodeArgs& args) {
     responder.respond(std::move(response));
   });
   register_mlflow_routes(http_routes, router, *tokens);
+  register_openai_routes(http_routes, router, *tokens);
+  register_metrics_route(http_routes, router, [&]() { return node_metrics_text(hooks.node_status()); });
   if (config.http) {
     auto started_http = HttpServer::start(io, HttpOptions{*config.http}, http_routes);
     if (!started_http.ok()) {

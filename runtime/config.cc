@@ -336,6 +336,47 @@ Setting roles_setting() {
   return setting;
 }
 
+// serve.models: "NAME=SOURCE" items, a YAML sequence or comma-separated text. Whether SOURCE
+// exists is checked when the model loads (the node starts anyway and reports the failure).
+Setting serve_models_setting() {
+  Setting setting;
+  setting.key = "serve.models";
+  setting.type = "list";
+  setting.meaning =
+      "Models the inference role loads at start, as NAME=SOURCE; SOURCE is a Hugging Face model folder, "
+      "MODEL@ALIAS or MODEL/VERSION from the registry. `cairn node --serve` adds to it and turns the role on.";
+  setting.allowed = "NAME=SOURCE items, NAME of letters, digits, \".\", \"-\" and \"_\"; comma-separated in the "
+                    "environment and on the command line";
+  setting.assign = [](const RawValue& value, NodeConfig& config) -> Status {
+    constexpr std::string_view kExpected = "a list of NAME=SOURCE";
+    std::vector<std::string> items;
+    if (value.kind == RawValue::Kind::list) {
+      items = value.items;
+    } else if (value.kind == RawValue::Kind::scalar) {
+      std::string_view rest = value.text;
+      while (!trim(rest).empty()) {
+        size_t comma = rest.find(',');
+        items.emplace_back(trim(rest.substr(0, comma)));
+        if (comma == std::string_view::npos) break;
+        rest.remove_prefix(comma + 1);
+      }
+    } else {
+      return invalid(kExpected, value);
+    }
+    for (const auto& item : items) {
+      size_t eq = item.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == item.size() ||
+          !is_plain_name(std::string_view(item).substr(0, eq))) {
+        return invalid(kExpected, value, "each item is NAME=SOURCE; got " + quote(item));
+      }
+    }
+    config.serve_models = std::move(items);
+    return Status::ok_status();
+  };
+  setting.format = [](const NodeConfig& config) { return join(config.serve_models, ","); };
+  return setting;
+}
+
 bool is_node_name(std::string_view text) { return text.empty() || is_plain_name(text); }
 bool is_log_level(std::string_view text) {
   return std::find(std::begin(kLogLevels), std::end(kLogLevels), text) != std::end(kLogLevels);
@@ -423,6 +464,33 @@ std::vector<Setting> make_settings() {
   table.push_back(integer_setting(
       "shutdown.grace_ms", &N::shutdown_grace_ms, 0, kMaxTimeoutMs, Unit::milliseconds,
       "On shutdown, how long in-flight requests get to finish before the node stops."));
+  // serve.*
+  table.push_back(serve_models_setting());
+  table.push_back(integer_setting(
+      "serve.kv_cache_bytes", &N::serve_kv_cache_bytes, kMiB, kTiB, Unit::bytes,
+      "Memory for the keys and values of each loaded model version (the paged KV cache)."));
+  table.push_back(integer_setting("serve.block_size", &N::serve_block_size, 1, 1024, Unit::count,
+                                  "Tokens per KV cache block: the unit of allocation and of prefix sharing."));
+  table.push_back(integer_setting("serve.max_running", &N::serve_max_running, 1, 4096, Unit::count,
+                                  "Sequences in one decoding step's batch at most."));
+  table.push_back(integer_setting(
+      "serve.max_step_tokens", &N::serve_max_step_tokens, 1, 1u << 20, Unit::count,
+      "Tokens in one forward pass at most; prompts are prefilled in chunks that fit."));
+  table.push_back(integer_setting(
+      "serve.max_queue", &N::serve_max_queue, 0, kMaxInflight, Unit::count,
+      "Requests per model waiting beyond serve.max_running; more are refused at once with overloaded "
+      "(HTTP 429)."));
+  table.push_back(integer_setting(
+      "serve.request_timeout_ms", &N::serve_request_timeout_ms, 0, kMaxTimeoutMs, Unit::milliseconds,
+      "A generation request still unfinished after this ends with timeout (HTTP 504); 0 = none. A "
+      "request may set its own (timeout_ms)."));
+  table.push_back(integer_setting(
+      "serve.alias_poll_ms", &N::serve_alias_poll_ms, 10, kMaxTimeoutMs, Unit::milliseconds,
+      "How often a model served from MODEL@ALIAS reads the alias; when it moves, the new version is "
+      "loaded and swapped in."));
+  table.push_back(text_setting("serve.device", &N::serve_device, "string",
+                               "Where served models run: a libtorch device (cpu, cuda, cuda:1).",
+                               "a libtorch device string", "a device such as cpu or cuda:0", is_non_empty));
   return table;
 }
 

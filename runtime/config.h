@@ -63,6 +63,16 @@ struct NodeConfig {
   uint32_t backoff_max_ms = 10000;     // supervisor.backoff_max_ms
   // shutdown.*
   uint32_t shutdown_grace_ms = 5000;  // shutdown.grace_ms
+  // serve.* (role inference; docs/CONFIG.md)
+  std::vector<std::string> serve_models;             // serve.models: "NAME=SOURCE" to load at start
+  uint64_t serve_kv_cache_bytes = 256ull << 20;       // serve.kv_cache_bytes, per loaded version
+  uint32_t serve_block_size = 16;                     // serve.block_size: tokens per KV block
+  uint32_t serve_max_running = 64;                    // serve.max_running: sequences per batch
+  uint32_t serve_max_step_tokens = 512;               // serve.max_step_tokens: tokens per forward pass
+  uint32_t serve_max_queue = 256;                     // serve.max_queue: waiting requests per model
+  uint32_t serve_request_timeout_ms = 600000;         // serve.request_timeout_ms; 0 = none
+  uint32_t serve_alias_poll_ms = 1000;                // serve.alias_poll_ms
+  std::string serve_device = "cpu";                   // serve.device: libtorch device string
 
   bool tls_enabled() const { return !tls_cert_file.empty() && !tls_key_file.empty(); }
   // token_file, or <data_dir>/tokens when it is empty.

@@ -1,0 +1,870 @@
+#include "actors/inference_batcher.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "actors/local_call.h"
+#include "actors/messages.h"
+#include "runtime/messages/registry.h"
+#include "storage/blob_store.h"
+
+namespace cairn {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// Latency buckets in seconds, as vLLM's histograms use.
+const std::vector<double> kTtftBuckets = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5,
+                                          0.75,  1.0,   2.5,  5.0,  7.5,  10.0, 20.0, 40.0, 80.0};
+const std::vector<double> kItlBuckets = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4,
+                                         0.5,  0.75,  1.0,  2.5,   5.0, 7.5,  10.0, 20.0, 40.0, 80.0};
+const std::vector<double> kE2eBuckets = {0.3,  0.5,  0.8,  1.0,  1.5,  2.0,   2.5,   5.0,   10.0,  15.0,
+                                         20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0};
+// How long an idle engine loop sleeps before it looks at its flags again.
+constexpr std::chrono::milliseconds kIdleWait{100};
+// OpenAI's default max_tokens for completions.
+constexpr int64_t kDefaultCompletionTokens = 16;
+constexpr int64_t kMaxLogprobs = 20;
+// Marks a materialized version folder as complete.
+constexpr const char* kCompleteMarker = ".complete";
+
+int64_t unix_seconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+bool is_name_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_'; }
+
+// ---- sources ----
+
+struct SourceSpec {
+  enum class Kind { folder, version, alias };
+  Kind kind = Kind::folder;
+  std::string path;   // folder
+  std::string model;  // registry model
+  std::string version;
+  std::string alias;
+};
+
+// A folder that exists wins; then "model@alias", then "model/123".
+Result<SourceSpec> parse_source(const std::string& source) {
+  SourceSpec spec;
+  std::error_code ec;
+  if (!source.empty() && fs::is_directory(source, ec)) {
+    spec.path = source;
+    return spec;
+  }
+  auto at = source.rfind('@');
+  if (at != std::string::npos && at > 0 && at + 1 < source.size()) {
+    spec.kind = SourceSpec::Kind::alias;
+    spec.model = source.substr(0, at);
+    spec.alias = source.substr(at + 1);
+    return spec;
+  }
+  auto slash = source.rfind('/');
+  if (slash != std::string::npos && slash > 0 && slash + 1 < source.size() &&
+      std::all_of(source.begin() + static_cast<long>(slash) + 1, source.end(), ::isdigit)) {
+    spec.kind = SourceSpec::Kind::version;
+    spec.model = source.substr(0, slash);
+    spec.version = source.substr(slash + 1);
+    return spec;
+  }
+  return Status(Code::invalid_argument, "model source \"" + source +
+                                            "\": expected a Hugging Face model folder that exists, MODEL@ALIAS or "
+                                            "MODEL/VERSION from the registry");
+}
+
+// ---- metrics ----
+
+class Histogram {
+ public:
+  explicit Histogram(const std::vector<double>& bounds) : bounds_(bounds), counts_(bounds.size(), 0) {}
+  void observe(double value) {
+    sum_ += value;
+    ++count_;
+    auto it = std::lower_bound(bounds_.begin(), bounds_.end(), value);
+    if (it != bounds_.end()) ++counts_[static_cast<size_t>(it - bounds_.begin())];
+  }
+  msg::InferHistogram snapshot() const {
+    msg::InferHistogram out;
+    out.bounds = bounds_;
+    uint64_t running = 0;
+    for (uint64_t c : counts_) out.counts.push_back(running += c);
+    out.sum = sum_;
+    out.count = count_;
+    return out;
+  }
+
+ private:
+  std::vector<double> bounds_;
+  std::vector<uint64_t> counts_;  // per bucket, not cumulative
+  double sum_ = 0.0;
+  uint64_t count_ = 0;
+};
+
+// A served model's counters and histograms, across its versions. Written on engine threads.
+struct ModelMetrics {
+  std::mutex mutex;  // guards everything below
+  uint64_t prompt_tokens = 0;
+  uint64_t generation_tokens = 0;
+  uint64_t finished = 0;
+  uint64_t failed = 0;
+  uint64_t cancelled = 0;
+  uint64_t rejected = 0;
+  uint64_t swaps = 0;
+  Histogram ttft{kTtftBuckets};
+  Histogram itl{kItlBuckets};
+  Histogram e2e{kE2eBuckets};
+};
+
+// ---- one loaded version ----
+
+// An engine and the thread that runs its step() loop. Owned by the actor; requests hold it weakly.
+class EngineSlot {
+ public:
+  EngineSlot(std::unique_ptr<InferenceEngine> engine, std::string version_name)
+      : version(std::move(version_name)), created(unix_seconds()), engine_(std::move(engine)) {}
+  ~EngineSlot() {
+    if (thread_.joinable()) {
+      engine_->abort_all(Status(Code::shutting_down, "the model is no longer served"));
+      stop_.store(true);
+      engine_->notify();
+      thread_.join();
+    }
+  }
+  EngineSlot(const EngineSlot&) = delete;
+  EngineSlot& operator=(const EngineSlot&) = delete;
+
+  // Starts the loop; `on_exit` runs on the loop's thread once a retired slot has finished.
+  void start(std::function<void()> on_exit) {
+    thread_ = std::thread([this, on_exit = std::move(on_exit)] {
+      for (;;) {
+        const bool busy = engine_->step();
+        if (busy) continue;
+        if (stop_.load()) break;
+        if (retired_.load() && inflight.load() == 0) break;
+        engine_->wait_for_work(kIdleWait);
+      }
+      exited_.store(true);
+      if (on_exit && !stop_.load()) on_exit();
+    });
+  }
+  // No new requests come; the loop ends once those in flight have finished.
+  void retire() {
+    retired_.store(true);
+    engine_->notify();
+  }
+  bool exited() const { return exited_.load(); }
+  InferenceEngine& engine() { return *engine_; }
+
+  const std::string version;
+  const int64_t created;
+  std::atomic<int64_t> inflight{0};  // submitted, final event not yet delivered
+
+ private:
+  std::unique_ptr<InferenceEngine> engine_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> retired_{false};
+  std::atomic<bool> exited_{false};
+};
+
+// ---- actor messages from the loader and engine threads ----
+
+struct SlotEvent {
+  enum class Kind { ready, failed, exited };
+  Kind kind = Kind::ready;
+  std::string model;
+  uint64_t loader = 0;  // which loader sent it (a model reloaded under the same name has a new one)
+  std::shared_ptr<EngineSlot> slot;
+  Status status;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, SlotEvent& x) {
+  return f(caf::meta::type_name("cairn.infer_slot"), x.model);
+}
+
+using reap_atom = caf::atom_constant<caf::atom("reap")>;
+
+// ---- loader: resolves, materializes and loads versions; follows aliases ----
+
+class Loader {
+ public:
+  Loader(uint64_t id, std::string name, SourceSpec spec, std::vector<msg::InferAdapter> adapters,
+         const InferenceContext& context, caf::actor batcher)
+      : id_(id),
+        name_(std::move(name)),
+        spec_(std::move(spec)),
+        adapters_(std::move(adapters)),
+        context_(context),
+        batcher_(std::move(batcher)) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~Loader() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  Loader(const Loader&) = delete;
+  Loader& operator=(const Loader&) = delete;
+
+ private:
+  void run() {
+    std::string loaded_version;
+    auto first = load_current();
+    if (!first.ok()) {
+      send(SlotEvent::Kind::failed, nullptr, first.status());
+      return;
+    }
+    loaded_version = (*first)->version;
+    send(SlotEvent::Kind::ready, std::move(*first), {});
+    if (spec_.kind != SourceSpec::Kind::alias) return;
+    bool warned = false;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        cv_.wait_for(lock, context_.options.alias_poll, [this] { return stop_; });
+        if (stop_) return;
+      }
+      auto version = resolve();
+      if (!version.ok()) {
+        if (!warned) spdlog::warn("serve {}: cannot follow {}@{}: {}", name_, spec_.model, spec_.alias,
+                                  version.status().to_string());
+        warned = true;
+        continue;
+      }
+      warned = false;
+      if (version->version == loaded_version) continue;
+      spdlog::info("serve {}: alias {}@{} moved from version {} to {}; loading it", name_, spec_.model, spec_.alias,
+                   loaded_version, version->version);
+      auto slot = load_version(*version);
+      if (!slot.ok()) {
+        spdlog::error("serve {}: version {} failed to load, still serving {}: {}", name_, version->version,
+                      loaded_version, slot.status().to_string());
+        loaded_version = version->version;  // do not retry the same broken version every poll
+        continue;
+      }
+      loaded_version = version->version;
+      send(SlotEvent::Kind::ready, std::move(*slot), {});
+    }
+  }
+
+  bool stopping() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return stop_;
+  }
+
+  void send(SlotEvent::Kind kind, std::shared_ptr<EngineSlot> slot, Status status) {
+    SlotEvent event;
+    event.kind = kind;
+    event.model = name_;
+    event.loader = id_;
+    event.slot = std::move(slot);
+    event.status = std::move(status);
+    caf::anon_send(batcher_, std::move(event));
+  }
+
+  Result<msg::ModelVersion> resolve() {
+    if (context_.directory == nullptr) {
+      return Status(Code::unavailable, "serve " + name_ + ": this node has no registry to load versions from");
+    }
+    msg::GetVersionRequest request;
+    request.name = spec_.model;
+    if (spec_.kind == SourceSpec::Kind::alias) {
+      request.alias = spec_.alias;
+    } else {
+      request.version = spec_.version;
+    }
+    auto reply = call_local_blocking<msg::VersionReply>(*context_.directory, "registry", std::string(msg::kGetVersion),
+                                                        request, context_.options.registry_timeout);
+    if (!reply.ok()) return reply.status();
+    return std::move(reply->model_version);
+  }
+
+  // The version's files under the cache dir, copied from the blob store once.
+  Result<std::string> materialize(const msg::ModelVersion& version) {
+    if (context_.blobs == nullptr || context_.options.cache_dir.empty()) {
+      return Status(Code::unavailable, "serve " + name_ + ": this node has no blob store to load versions from");
+    }
+    const fs::path dest = fs::path(context_.options.cache_dir) / version.name / version.version;
+    std::error_code ec;
+    if (fs::exists(dest / kCompleteMarker, ec)) return dest.string();
+    const fs::path staging = dest.string() + ".partial-" + std::to_string(::getpid()) + "-" + std::to_string(id_);
+    fs::remove_all(staging, ec);
+    fs::create_directories(staging, ec);
+    if (ec) return Status(Code::io_error, staging.string() + ": cannot create: " + ec.message());
+    for (const auto& artifact : version.artifacts) {
+      const fs::path file = staging / artifact.path;
+      if (artifact.path.empty() || artifact.path.find("..") != std::string::npos || artifact.path.front() == '/') {
+        return Status(Code::data_loss, version.name + "/" + version.version + ": artifact path \"" + artifact.path +
+                                           "\" leaves the version's folder");
+      }
+      fs::create_directories(file.parent_path(), ec);
+      auto exported = context_.blobs->export_to(artifact.sha256, file.string());
+      if (!exported.ok()) return exported.with_context(version.name + "/" + version.version + " " + artifact.path);
+    }
+    std::ofstream(staging / kCompleteMarker) << version.name << "/" << version.version << "\n";
+    fs::rename(staging, dest, ec);
+    if (ec) {
+      fs::remove_all(staging, ec);
+      if (!fs::exists(dest / kCompleteMarker)) {
+        return Status(Code::io_error, dest.string() + ": cannot move the version's files into place");
+      }
+    }
+    return dest.string();
+  }
+
+  Result<std::shared_ptr<EngineSlot>> load_version(const msg::ModelVersion& version) {
+    bool has_config = false;
+    for (const auto& a : version.artifacts) has_config |= a.path == "config.json";
+    if (!has_config) {
+      return Status(Code::invalid_argument, "serve " + name_ + ": " + version.name + "/" + version.version +
+                                                " has no config.json (a LoRA adapter version? serve its base model "
+                                                "and load the adapter with infer.load's adapters)");
+    }
+    auto dir = materialize(version);
+    if (!dir.ok()) return dir.status();
+    return load_dir(*dir, version.version);
+  }
+
+  Result<std::shared_ptr<EngineSlot>> load_dir(const std::string& dir, const std::string& version) {
+    const auto started = Clock::now();
+    auto engine = InferenceEngine::load(dir, context_.options.model, context_.options.engine);
+    if (!engine.ok()) return engine.status().with_context("serve " + name_);
+    for (const auto& adapter : adapters_) {
+      CAIRN_RETURN_IF_ERROR((*engine)->load_adapter(adapter.name, adapter.source).with_context("serve " + name_));
+    }
+    spdlog::info("serve {}: loaded {}{} in {:.2f} s", name_, dir, version.empty() ? "" : " (version " + version + ")",
+                 seconds_between(started, Clock::now()));
+    return std::make_shared<EngineSlot>(std::move(engine).value(), version);
+  }
+
+  Result<std::shared_ptr<EngineSlot>> load_current() {
+    if (spec_.kind == SourceSpec::Kind::folder) return load_dir(spec_.path, "");
+    auto version = resolve();
+    if (!version.ok()) return version.status().with_context("serve " + name_);
+    if (stopping()) return Status(Code::cancelled, "serve " + name_ + ": unloaded while loading");
+    return load_version(*version);
+  }
+
+  const uint64_t id_;
+  const std::string name_;
+  const SourceSpec spec_;
+  const std::vector<msg::InferAdapter> adapters_;
+  const InferenceContext context_;
+  const caf::actor batcher_;
+  std::mutex mutex_;  // guards stop_
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+// ---- one request in flight ----
+
+// Lives from submit to the final event; touched only on the engine's thread after submit.
+struct RequestState {
+  CallPtr call;
+  std::shared_ptr<ModelMetrics> metrics;
+  std::weak_ptr<EngineSlot> slot;
+  bool stream = false;
+  msg::CompletionReply reply;  // filled as tokens arrive (text only when not streaming)
+  Clock::time_point submitted;
+  Clock::time_point last_token;
+  bool first_token_seen = false;
+
+  void on_event(const TokenEvent& event) {
+    const auto now = Clock::now();
+    if (!event.final) {
+      {
+        std::lock_guard<std::mutex> lock(metrics->mutex);
+        if (first_token_seen) {
+          metrics->itl.observe(seconds_between(last_token, now));
+        } else {
+          metrics->ttft.observe(seconds_between(submitted, now));
+        }
+      }
+      first_token_seen = true;
+      last_token = now;
+      msg::CompletionDelta delta;
+      delta.text = event.text;
+      delta.token_ids.push_back(event.token_id);
+      if (!event.top_logprobs.empty() || !std::isnan(event.logprob)) {
+        msg::InferTokenLogprob lp;
+        lp.token_id = event.token_id;
+        lp.token = event.text;
+        lp.logprob = event.logprob;
+        for (const auto& top : event.top_logprobs) lp.top_logprobs.push_back({top.token_id, top.text, top.logprob});
+        if (!lp.top_logprobs.empty() && lp.top_logprobs.front().token_id == event.token_id) {
+          lp.token = lp.top_logprobs.front().token;
+        }
+        delta.logprobs.push_back(std::move(lp));
+      }
+      if (stream) {
+        call->more(delta);
+      } else {
+        reply.text += delta.text;
+        reply.token_ids.push_back(event.token_id);
+        for (auto& lp : delta.logprobs) reply.logprobs.push_back(std::move(lp));
+      }
+      return;
+    }
+    if (auto s = slot.lock()) --s->inflight;
+    reply.usage.prompt_tokens = event.prompt_tokens;
+    reply.usage.completion_tokens = event.completion_tokens;
+    reply.usage.total_tokens = event.prompt_tokens + event.completion_tokens;
+    reply.usage.cached_prompt_tokens = event.cached_prompt_tokens;
+    const bool ok = event.finish_reason == msg::kFinishStop || event.finish_reason == msg::kFinishLength;
+    {
+      std::lock_guard<std::mutex> lock(metrics->mutex);
+      metrics->generation_tokens += static_cast<uint64_t>(event.completion_tokens);
+      if (ok) {
+        metrics->prompt_tokens += static_cast<uint64_t>(event.prompt_tokens);
+        ++metrics->finished;
+        metrics->e2e.observe(seconds_between(submitted, now));
+      } else if (event.finish_reason == "cancelled") {
+        ++metrics->cancelled;
+      } else {
+        ++metrics->failed;
+      }
+    }
+    if (ok) {
+      if (stream && !event.text.empty()) {
+        msg::CompletionDelta delta;
+        delta.text = event.text;
+        call->more(delta);
+      } else {
+        reply.text += event.text;
+      }
+      reply.finish_reason = event.finish_reason;
+      call->reply(reply);
+    } else if (event.finish_reason == "cancelled") {
+      call->fail(Status(Code::cancelled, call->op() + ": cancelled"));
+    } else {
+      Status status = event.status.ok() ? Status(Code::internal, "the request ended with an error") : event.status;
+      call->fail(status.with_context(call->op()));
+    }
+  }
+};
+
+// ---- the actor ----
+
+struct ServedModel {
+  std::string name;
+  std::string source;
+  std::vector<msg::InferAdapter> adapters;
+  uint64_t loader_id = 0;
+  bool from_config = false;
+  std::string state = "loading";  // loading | ready | failed
+  std::string error;
+  std::shared_ptr<EngineSlot> current;
+  std::vector<std::shared_ptr<EngineSlot>> retiring;  // finishing their requests after a swap
+  // Generation requests waiting for the first load.
+  std::deque<std::pair<CallPtr, msg::CompletionRequest>> pending;
+  std::vector<CallPtr> load_waiters;                  // infer.load calls waiting for the first load
+  std::shared_ptr<ModelMetrics> metrics = std::make_shared<ModelMetrics>();
+  std::unique_ptr<Loader> loader;  // declared last: destroyed (joined) first
+};
+
+struct BatcherState {
+  InferenceContext context;
+  std::map<std::string, std::unique_ptr<ServedModel>> models;
+  uint64_t next_loader = 1;
+  uint64_t next_request = 1;
+  std::string id_prefix;
+  std::mt19937_64 seeds{std::random_device{}()};
+  static inline const char* name = "inference";
+};
+
+using Self = caf::stateful_actor<BatcherState>*;
+
+Status bad_request(const std::string& op, const std::string& message) {
+  return Status(Code::bad_request, op + ": " + message);
+}
+
+std::string served_names(const BatcherState& st) {
+  std::string names;
+  for (const auto& [name, _] : st.models) names += (names.empty() ? "" : ", ") + name;
+  return names.empty() ? "none" : names;
+}
+
+msg::InferModel describe(const ServedModel& m) {
+  msg::InferModel out;
+  out.name = m.name;
+  out.source = m.source;
+  out.state = m.state;
+  out.error = m.error;
+  for (const auto& a : m.adapters) out.adapters.push_back(a.name);
+  if (m.current) {
+    out.version = m.current->version;
+    out.created = m.current->created;
+    out.max_context = m.current->engine().config().max_position_embeddings;
+  }
+  return out;
+}
+
+Status start_loading(Self self, const std::string& name, const std::string& source,
+                     std::vector<msg::InferAdapter> adapters, bool from_config, CallPtr waiter) {
+  auto& st = self->state;
+  auto spec = parse_source(source);
+  if (!spec.ok()) return spec.status();
+  for (const auto& c : name) {
+    if (!is_name_char(c)) return Status(Code::invalid_argument, "model name \"" + name + "\": use letters, digits, \".\", \"-\" and \"_\"");
+  }
+  if (name.empty()) return Status(Code::invalid_argument, "model name is empty");
+  auto model = std::make_unique<ServedModel>();
+  model->name = name;
+  model->source = source;
+  model->adapters = adapters;
+  model->from_config = from_config;
+  model->loader_id = st.next_loader++;
+  if (waiter) model->load_waiters.push_back(std::move(waiter));
+  model->loader = std::make_unique<Loader>(model->loader_id, name, std::move(spec).value(), std::move(adapters),
+                                           st.context, caf::actor_cast<caf::actor>(self));
+  st.models[name] = std::move(model);
+  return Status::ok_status();
+}
+
+// Tokenizes, validates and submits one generation request to the model's current version.
+void submit(Self self, ServedModel& model, const CallPtr& call, const msg::CompletionRequest& req) {
+  auto& st = self->state;
+  const std::string& op = call->op();
+  const bool chat = op == msg::kInferChat;
+  const msg::CompletionRequest* request = &req;
+  auto slot = model.current;
+  InferenceEngine& engine = slot->engine();
+  const int64_t context = engine.config().max_position_embeddings;
+
+  EngineRequest er;
+  if (chat) {
+    std::vector<ChatMessage> messages;
+    for (const auto& m : request->messages) messages.push_back({m.role, m.content});
+    auto text = engine.render_chat(messages, true);
+    if (!text.ok()) return call->fail(Status(Code::bad_request, text.status().message()).with_context(op));
+    if (engine.tokenizer() == nullptr) return call->fail(Status(Code::unavailable, op + ": the model has no tokenizer"));
+    for (int32_t id : engine.tokenizer()->encode(*text)) er.prompt_ids.push_back(id);
+  } else if (!request->prompt_ids.empty()) {
+    er.prompt_ids = request->prompt_ids;
+  } else {
+    if (engine.tokenizer() == nullptr) return call->fail(Status(Code::unavailable, op + ": the model has no tokenizer"));
+    for (int32_t id : engine.tokenizer()->encode(request->prompt)) er.prompt_ids.push_back(id);
+  }
+  const auto prompt_tokens = static_cast<int64_t>(er.prompt_ids.size());
+  if (prompt_tokens == 0) return call->fail(bad_request(op, chat ? "messages: the conversation renders to no tokens" : "prompt: empty"));
+  if (prompt_tokens >= context) {
+    return call->fail(bad_request(op, "prompt: " + std::to_string(prompt_tokens) + " tokens; the model \"" +
+                                          model.name + "\" has a context of " + std::to_string(context) +
+                                          " tokens, so at most " + std::to_string(context - 1) + " fit with one new token"));
+  }
+  if (request->max_tokens) {
+    if (*request->max_tokens < 1) {
+      return call->fail(bad_request(op, "max_tokens: expected at least 1, got " + std::to_string(*request->max_tokens)));
+    }
+    if (prompt_tokens + *request->max_tokens > context) {
+      return call->fail(bad_request(
+          op, "max_tokens: " + std::to_string(*request->max_tokens) + " new tokens after a prompt of " +
+                  std::to_string(prompt_tokens) + " tokens exceed the model's context of " + std::to_string(context) +
+                  " tokens (at most " + std::to_string(context - prompt_tokens) + ")"));
+    }
+    er.max_tokens = *request->max_tokens;
+  } else {
+    er.max_tokens = chat ? context - prompt_tokens : std::min(kDefaultCompletionTokens, context - prompt_tokens);
+  }
+  if (request->n != 1) {
+    return call->fail(bad_request(op, "n: only 1 completion per request is supported, got " + std::to_string(request->n)));
+  }
+  if (request->logprobs < 0 || request->logprobs > kMaxLogprobs) {
+    return call->fail(bad_request(op, "logprobs: expected 0 to 20, got " + std::to_string(request->logprobs)));
+  }
+  er.sampling.temperature = request->temperature;
+  er.sampling.top_p = request->top_p;
+  er.sampling.top_k = request->top_k < 0 ? 0 : request->top_k;
+  er.sampling.min_p = request->min_p;
+  er.sampling.presence_penalty = request->presence_penalty;
+  er.sampling.frequency_penalty = request->frequency_penalty;
+  er.sampling.repetition_penalty = request->repetition_penalty;
+  er.sampling.seed = request->seed ? *request->seed : st.seeds();
+  auto valid = validate_sampling_options(er.sampling);
+  if (!valid.ok()) return call->fail(bad_request(op, valid.message()));
+  er.stop = request->stop;
+  er.stop_token_ids = request->stop_token_ids;
+  er.ignore_eos = request->ignore_eos;
+  er.logprobs = request->logprobs;
+  const auto timeout = request->timeout_ms > 0 ? std::chrono::milliseconds(request->timeout_ms)
+                                               : st.context.options.request_timeout;
+  if (timeout.count() > 0) er.deadline = Clock::now() + timeout;
+
+  // Admission: a version holds max_running requests in its batch and max_queue more waiting.
+  const int64_t capacity = st.context.options.engine.max_running + st.context.options.max_queue;
+  if (slot->inflight.load() >= capacity) {
+    {
+      std::lock_guard<std::mutex> lock(model.metrics->mutex);
+      ++model.metrics->rejected;
+    }
+    return call->fail(Status(Code::overloaded, op + ": model \"" + model.name + "\" has " +
+                                                   std::to_string(slot->inflight.load()) +
+                                                   " requests in flight, its limit (serve.max_running + serve.max_queue); retry later"));
+  }
+
+  auto state = std::make_shared<RequestState>();
+  state->call = call;
+  state->metrics = model.metrics;
+  state->slot = slot;
+  state->stream = request->stream;
+  state->submitted = Clock::now();
+  state->reply.id = st.id_prefix + std::to_string(st.next_request++);
+  state->reply.model = model.name;
+  state->reply.version = slot->version;
+  state->reply.created = unix_seconds();
+  er.on_event = [state](const TokenEvent& event) { state->on_event(event); };
+  ++slot->inflight;
+  auto id = engine.submit(std::move(er));
+  if (!id.ok()) {
+    --slot->inflight;
+    Status status = id.status();
+    if (status.code() == Code::invalid_argument) status = Status(Code::bad_request, status.message());
+    return call->fail(status.with_context(op));
+  }
+  std::weak_ptr<EngineSlot> weak = slot;
+  call->on_cancel([weak, id = *id] {
+    if (auto s = weak.lock()) s->engine().cancel(id);
+  });
+}
+
+void serve_generation(Self self, const CallPtr& call) {
+  auto& st = self->state;
+  auto request = call->body<msg::CompletionRequest>();
+  if (!request.ok()) return call->fail(request.status());
+  auto it = st.models.find(request->model);
+  if (it == st.models.end()) {
+    return call->fail(Status(Code::not_found, call->op() + ": no model named \"" + request->model +
+                                                  "\" is served (serving: " + served_names(st) + ")"));
+  }
+  ServedModel& model = *it->second;
+  if (model.state == "failed") {
+    return call->fail(Status(Code::unavailable, call->op() + ": model \"" + model.name + "\" failed to load: " + model.error));
+  }
+  if (model.state == "loading") {
+    if (static_cast<int64_t>(model.pending.size()) >= st.context.options.max_queue) {
+      return call->fail(Status(Code::overloaded, call->op() + ": model \"" + model.name + "\" is loading and " +
+                                                     std::to_string(model.pending.size()) + " requests already wait for it"));
+    }
+    model.pending.emplace_back(call, std::move(request).value());
+    return;
+  }
+  submit(self, model, call, *request);
+}
+
+void on_slot_event(Self self, SlotEvent& event) {
+  auto& st = self->state;
+  auto it = st.models.find(event.model);
+  if (event.kind == SlotEvent::Kind::exited) {
+    if (it == st.models.end()) return;
+    auto& retiring = it->second->retiring;
+    retiring.erase(std::remove_if(retiring.begin(), retiring.end(), [](const auto& s) { return s->exited(); }),
+                   retiring.end());
+    return;
+  }
+  if (it == st.models.end() || it->second->loader_id != event.loader) return;  // unloaded meanwhile
+  ServedModel& model = *it->second;
+  if (event.kind == SlotEvent::Kind::failed) {
+    spdlog::error("serve {}: {}", model.name, event.status.to_string());
+    for (auto& call : model.load_waiters) call->fail(event.status);
+    for (auto& [call, _] : model.pending) {
+      call->fail(Status(Code::unavailable, call->op() + ": model \"" + model.name + "\" failed to load: " +
+                                               event.status.message()));
+    }
+    model.load_waiters.clear();
+    model.pending.clear();
+    if (!model.from_config) {
+      st.models.erase(it);  // a failed infer.load leaves nothing behind, so it can be retried
+      return;
+    }
+    model.state = "failed";
+    model.error = event.status.message();
+    return;
+  }
+  auto slot = std::move(event.slot);
+  const std::string name = model.name;
+  caf::actor me = caf::actor_cast<caf::actor>(self);
+  slot->start([me, name] {
+    SlotEvent exited;
+    exited.kind = SlotEvent::Kind::exited;
+    exited.model = name;
+    caf::anon_send(me, std::move(exited));
+  });
+  if (model.current) {
+    spdlog::info("serve {}: version {} serves new requests; version {} finishes its {} in flight", name,
+                 slot->version, model.current->version, model.current->inflight.load());
+    model.current->retire();
+    model.retiring.push_back(std::move(model.current));
+    std::lock_guard<std::mutex> lock(model.metrics->mutex);
+    ++model.metrics->swaps;
+  }
+  model.current = std::move(slot);
+  model.state = "ready";
+  model.error.clear();
+  for (auto& call : model.load_waiters) call->reply(describe(model));
+  model.load_waiters.clear();
+  auto pending = std::move(model.pending);
+  model.pending.clear();
+  for (auto& [call, request] : pending) {
+    if (!call->finished()) submit(self, model, call, request);
+  }
+}
+
+msg::InferModelStats model_stats(const ServedModel& model, const InferenceOptions& options) {
+  msg::InferModelStats out;
+  out.name = model.name;
+  out.queue_limit = options.max_queue;
+  out.waiting = static_cast<int64_t>(model.pending.size());
+  auto add = [&](EngineSlot& slot, bool current) {
+    EngineStats s = slot.engine().stats();
+    out.running += s.running;
+    out.waiting += s.waiting;
+    out.preempted_total += s.preempted_total;
+    out.prefix_cache_queried_tokens += s.prefix_cache_queried_tokens;
+    out.prefix_cache_hit_tokens += s.prefix_cache_hit_tokens;
+    if (current) {
+      out.version = slot.version;
+      out.kv_blocks_total = s.kv_blocks_total;
+      out.kv_blocks_used = s.kv_blocks_used;
+      out.kv_usage = s.kv_usage;
+    }
+  };
+  if (model.current) add(*model.current, true);
+  for (const auto& slot : model.retiring) add(*slot, false);
+  std::lock_guard<std::mutex> lock(model.metrics->mutex);
+  out.prompt_tokens_total = model.metrics->prompt_tokens;
+  out.generation_tokens_total = model.metrics->generation_tokens;
+  out.requests_finished_total = model.metrics->finished;
+  out.requests_failed_total = model.metrics->failed;
+  out.requests_cancelled_total = model.metrics->cancelled;
+  out.requests_rejected_total = model.metrics->rejected;
+  out.swaps_total = model.metrics->swaps;
+  out.time_to_first_token = model.metrics->ttft.snapshot();
+  out.inter_token_latency = model.metrics->itl.snapshot();
+  out.e2e_latency = model.metrics->e2e.snapshot();
+  return out;
+}
+
+void serve(Self self, const CallPtr& call) {
+  auto& st = self->state;
+  const std::string& op = call->op();
+  if (op == msg::kInferCompletions || op == msg::kInferChat) {
+    serve_generation(self, call);
+  } else if (op == msg::kInferModels) {
+    msg::InferModelsReply reply;
+    for (const auto& [_, model] : st.models) reply.models.push_back(describe(*model));
+    call->reply(reply);
+  } else if (op == msg::kInferStats) {
+    msg::InferStatsReply reply;
+    for (const auto& [_, model] : st.models) reply.models.push_back(model_stats(*model, st.context.options));
+    call->reply(reply);
+  } else if (op == msg::kInferLoad) {
+    auto request = call->body<msg::InferLoadRequest>();
+    if (!request.ok()) return call->fail(request.status());
+    if (st.models.count(request->name) != 0) {
+      return call->fail(Status(Code::already_exists, op + ": a model named \"" + request->name +
+                                                         "\" is already served (infer.unload it first)"));
+    }
+    auto started = start_loading(self, request->name, request->source, request->adapters, false, call);
+    if (!started.ok()) return call->fail(Status(Code::bad_request, started.message()).with_context(op));
+  } else if (op == msg::kInferUnload) {
+    auto request = call->body<msg::InferUnloadRequest>();
+    if (!request.ok()) return call->fail(request.status());
+    auto it = st.models.find(request->name);
+    if (it == st.models.end()) {
+      return call->fail(Status(Code::not_found, op + ": no model named \"" + request->name + "\" is served (serving: " +
+                                                    served_names(st) + ")"));
+    }
+    ServedModel& model = *it->second;
+    Status why(Code::cancelled, "model \"" + model.name + "\" was unloaded");
+    for (auto& [c, _] : model.pending) c->fail(why);
+    for (auto& c : model.load_waiters) c->fail(why);
+    if (model.current) model.current->engine().abort_all(why);
+    for (auto& slot : model.retiring) slot->engine().abort_all(why);
+    spdlog::info("serve {}: unloaded", model.name);
+    st.models.erase(it);  // joins the loader and the engine loops (after they deliver the aborts)
+    call->reply(msg::Empty{});
+  } else {
+    call->fail(Status(Code::unknown_op, "the inference batcher does not serve \"" + op + "\""));
+  }
+}
+
+caf::behavior batcher_actor(Self self, InferenceContext context) {
+  auto& st = self->state;
+  st.context = std::move(context);
+  char prefix[32];
+  std::snprintf(prefix, sizeof prefix, "cmpl-%08llx-", static_cast<unsigned long long>(st.seeds() & 0xffffffffu));
+  st.id_prefix = prefix;
+  for (const auto& [name, source] : st.context.options.models) {
+    auto started = start_loading(self, name, source, {}, true, nullptr);
+    if (!started.ok()) {
+      spdlog::error("serve {}: {}", name, started.to_string());
+      auto model = std::make_unique<ServedModel>();
+      model->name = name;
+      model->source = source;
+      model->from_config = true;
+      model->state = "failed";
+      model->error = started.message();
+      st.models[name] = std::move(model);
+    }
+  }
+  return {
+      [self](CallMessage& message) { serve(self, message.call); },
+      [self](SlotEvent& event) { on_slot_event(self, event); },
+      [self](mailbox_size_atom) { return static_cast<int64_t>(self->mailbox().size()); },
+      [](drain_atom) {},
+  };
+}
+
+}  // namespace
+
+const std::vector<InferenceOp>& inference_ops() {
+  static const std::vector<InferenceOp> kOps = {
+      {msg::kInferCompletions, Role::client}, {msg::kInferChat, Role::client}, {msg::kInferModels, Role::client},
+      {msg::kInferStats, Role::client},       {msg::kInferLoad, Role::admin},  {msg::kInferUnload, Role::admin},
+  };
+  return kOps;
+}
+
+Result<std::pair<std::string, std::string>> parse_served_model(std::string_view spec) {
+  auto eq = spec.find('=');
+  std::string text(spec);
+  if (eq == std::string_view::npos || eq == 0 || eq + 1 == spec.size()) {
+    return Status(Code::invalid_argument, "expected NAME=SOURCE, got \"" + text + "\"");
+  }
+  std::string name(spec.substr(0, eq));
+  if (!std::all_of(name.begin(), name.end(), is_name_char)) {
+    return Status(Code::invalid_argument, "expected NAME=SOURCE with a NAME of letters, digits, \".\", \"-\" and \"_\", got \"" + text + "\"");
+  }
+  return std::make_pair(std::move(name), std::string(spec.substr(eq + 1)));
+}
+
+caf::actor spawn_inference_batcher(caf::actor_system& system, const InferenceContext& context) {
+  return system.spawn(batcher_actor, context);
+}
+
+}  // namespace cairn
