@@ -1,8 +1,15 @@
 #include "cairn/client.h"
 
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <climits>
 #include <condition_variable>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -26,6 +33,71 @@ constexpr std::chrono::milliseconds kSweepInterval{20};
 constexpr size_t kMinReadSpace = 16 * 1024;
 
 std::string body_bytes(const msgpack::object* body) { return body ? wire::encode_object(*body) : std::string(); }
+
+// The first frame of a byte run: its size (length prefix included) and whether all of it is there.
+// Size 0 while even the prefix is incomplete.
+struct FrameSpan {
+  size_t size = 0;
+  bool complete = false;
+};
+
+// Fails with frame_too_large when the frame's length prefix exceeds max_frame_bytes.
+Result<FrameSpan> first_frame(const char* data, size_t available, uint64_t max_frame_bytes) {
+  if (available < protocol::kHeaderBytes) return FrameSpan{};
+  uint32_t length = protocol::read_length(data);
+  if (length > max_frame_bytes) {
+    return Status(Code::frame_too_large, "the node sent a frame of " + std::to_string(length) + " bytes");
+  }
+  size_t size = protocol::kHeaderBytes + length;
+  return FrameSpan{size, available >= size};
+}
+
+// Decodes the reply in the complete frame at `frame` and hands it to `use` while its body is alive.
+template <class Use>
+Status with_reply(const char* frame, size_t size, Use&& use) {
+  auto handle = wire::unpack_map(frame + protocol::kHeaderBytes, size - protocol::kHeaderBytes);
+  if (!handle.ok()) return handle.status();
+  auto reply = protocol::parse_reply(handle->get());
+  if (!reply.ok()) return reply.status();
+  use(*reply);
+  return Status();
+}
+
+// Waits until `fd` reports one of `events` or `deadline` passes; false on timeout. An error or a
+// hang-up counts as ready: the send() or recv() that follows reports it.
+bool wait_ready(int fd, short events, Clock::time_point deadline) {
+  while (true) {
+    auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    pollfd watched{fd, events, 0};
+    int ready = ::poll(&watched, 1, static_cast<int>(std::clamp<int64_t>(left, 0, INT_MAX)));
+    if (ready > 0) return true;
+    if (ready == 0 && Clock::now() >= deadline) return false;
+    if (ready < 0 && errno != EINTR) return true;
+  }
+}
+
+std::string errno_message(int error) { return boost::system::error_code(error, boost::system::system_category()).message(); }
+
+// A blocking caller's own handle on a plain-TCP connection: a duplicate of the socket's descriptor.
+// The I/O thread may close its socket while a caller still waits on this one: it shuts the
+// connection down first, so the caller sees the end of the stream, never a reused descriptor.
+class DirectChannel {
+ public:
+  DirectChannel(int fd, uint64_t generation, uint64_t max_frame_bytes)
+      : fd_(fd), generation_(generation), max_frame_bytes_(max_frame_bytes) {}
+  ~DirectChannel() { ::close(fd_); }
+  DirectChannel(const DirectChannel&) = delete;
+  DirectChannel& operator=(const DirectChannel&) = delete;
+
+  int fd() const { return fd_; }
+  uint64_t generation() const { return generation_; }  // the connection attempt it belongs to
+  uint64_t max_frame_bytes() const { return max_frame_bytes_; }
+
+ private:
+  const int fd_;
+  const uint64_t generation_;
+  const uint64_t max_frame_bytes_;
+};
 
 class SubscriptionImpl;
 
@@ -74,7 +146,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     bool first = false;
     bool closed = false;
     {
-      std::lock_guard<std::mutex> lock(outbox_mutex);
+      std::lock_guard<std::mutex> lock(mutex);
       closed = closed_flag;
       if (!closed) {
         first = outbox.empty();
@@ -91,6 +163,141 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
 
   uint64_t next_id() { return id_counter.fetch_add(1, std::memory_order_relaxed); }
 
+  static Status timed_out(std::string_view op) {
+    return Status(Code::timeout, std::string(op) + ": no reply within the deadline");
+  }
+
+  // ---- the direct path: a blocking call on an idle plain-TCP connection ----
+  //
+  // Through the I/O thread a blocking call costs two thread hand-offs (the caller wakes the I/O
+  // thread to write, the I/O thread wakes the caller with the reply). When nothing else is in
+  // flight, the caller instead takes the socket (take_socket), writes its frame and reads its reply
+  // itself (call_direct), and gives the socket back. While a caller owns the socket the I/O thread
+  // neither reads nor writes it: what other threads submit meanwhile waits in out_pending, and
+  // whatever the caller reads that is not its reply is handed back to the I/O thread in order.
+
+  // Gives the calling thread the socket, or null when the call must go through the I/O thread
+  // (TLS, not connected, closed, another caller owns it, or anything in flight or queued).
+  std::shared_ptr<const DirectChannel> take_socket() {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (closed_flag || !direct || caller_owned || !io_idle || !outbox.empty() || !handover_in.empty() ||
+        !handover_out.empty()) {
+      return nullptr;
+    }
+    caller_owned = true;
+    io_missed = false;
+    return direct;
+  }
+
+  // One call on a socket from take_socket(); gives the socket back before returning. Fails like the
+  // I/O thread's path: `timeout`, `unavailable` when the connection drops (the I/O thread then
+  // notices and reconnects), `cancelled` when the client was closed, or the node's error.
+  Result<std::string> call_direct(const DirectChannel& channel, std::string_view op, std::string_view body,
+                                  Clock::time_point deadline) {
+    const int fd = channel.fd();
+    direct_out.clear();
+    const uint64_t id = next_id();
+    protocol::append_request(direct_out, id, op, body);
+    std::optional<Result<std::string>> result;
+    Status lost;  // set when the connection failed
+    size_t written = 0;
+    while (written < direct_out.size() && lost.ok() && !result) {
+      ssize_t n = ::send(fd, direct_out.data() + written, direct_out.size() - written, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n >= 0) {
+        written += static_cast<size_t>(n);
+      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        if (!wait_ready(fd, POLLOUT, deadline)) result = timed_out(op);
+      } else if (errno != EINTR) {
+        lost = Status(Code::unavailable, "write to " + options.address + " failed: " + errno_message(errno));
+      }
+    }
+
+    // Reads until the reply to `id` is complete. Frames that are not ours (a late reply to a call
+    // that timed out, a connection-level error) and bytes after our reply go to the I/O thread.
+    std::string others;
+    Status connection_error;  // a connection-level error the node sent before closing
+    size_t begin = 0;
+    size_t end = 0;
+    if (direct_in.size() < kMinReadSpace) direct_in.resize(4 * kMinReadSpace);
+    while (!result && lost.ok()) {
+      auto frame = first_frame(direct_in.data() + begin, end - begin, channel.max_frame_bytes());
+      if (!frame.ok()) {
+        lost = frame.status();  // the I/O thread finds the same and drops the connection
+        break;
+      }
+      if (frame->complete) {
+        Status parsed = with_reply(direct_in.data() + begin, frame->size, [&](const protocol::Reply& reply) {
+          if (reply.id != id) {
+            others.append(direct_in.data() + begin, frame->size);
+            if (reply.id == protocol::kConnectionId && reply.kind == protocol::ReplyKind::error) {
+              connection_error = reply.error;
+            }
+          } else if (reply.kind == protocol::ReplyKind::error) {
+            result = reply.error;
+          } else if (reply.kind == protocol::ReplyKind::ok) {
+            result = body_bytes(reply.body);
+          }
+        });
+        if (!parsed.ok()) {
+          lost = parsed.with_context("reply from " + options.address);
+          break;
+        }
+        begin += frame->size;
+        continue;
+      }
+      if (begin == end) begin = end = 0;
+      if (direct_in.size() - begin < std::max(frame->size, kMinReadSpace)) {
+        std::memmove(direct_in.data(), direct_in.data() + begin, end - begin);
+        end -= begin;
+        begin = 0;
+        if (direct_in.size() - end < kMinReadSpace || direct_in.size() < frame->size) {
+          direct_in.resize(std::max(end + kMinReadSpace, frame->size));
+        }
+      }
+      if (!wait_ready(fd, POLLIN, deadline)) {
+        result = timed_out(op);
+        break;
+      }
+      ssize_t n = ::recv(fd, direct_in.data() + end, direct_in.size() - end, MSG_DONTWAIT);
+      if (n > 0) {
+        end += static_cast<size_t>(n);
+      } else if (n == 0) {
+        lost = connection_error.ok() ? Status(Code::unavailable, "connection to " + options.address + " lost: " +
+                                                                     boost::system::error_code(asio::error::eof).message())
+                                     : connection_error;
+      } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        lost = connection_error.ok()
+                   ? Status(Code::unavailable, "connection to " + options.address + " lost: " + errno_message(errno))
+                   : connection_error;
+      }
+    }
+    others.append(direct_in.data() + begin, end - begin);
+
+    // Gives the socket back, and wakes the I/O thread only when something is left for it.
+    bool wake = false;
+    bool closed = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      caller_owned = false;
+      closed = closed_flag;
+      handover_in += others;
+      if (lost.ok() && written > 0 && written < direct_out.size()) {
+        handover_out.assign(direct_out, written, std::string::npos);  // a timed-out write: finish the frame
+      }
+      // The I/O thread ignored the socket while we owned it: whatever arrived after our last read
+      // (checked under the lock, so anything later wakes the I/O thread again) is its to read.
+      pollfd watched{fd, POLLIN, 0};
+      bool readable = lost.ok() && io_missed && ::poll(&watched, 1, 0) > 0;
+      wake = io_deferred || readable || !lost.ok() || !handover_in.empty() || !handover_out.empty();
+      if (wake) io_idle = false;
+      io_deferred = false;
+      io_missed = false;
+    }
+    if (wake) asio::post(io, [this, gen = channel.generation()] { resume_after_caller(gen); });
+    if (!lost.ok()) return closed ? Status(Code::cancelled, "the client is closed") : lost;
+    return std::move(*result);
+  }
+
   static void fail(Pending& p, const Status& status) {
     if (p.done) p.done(status);
     if (p.on_end) p.on_end(status);
@@ -101,8 +308,9 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
   void flush_outbox() {
     std::vector<Outgoing> batch;
     {
-      std::lock_guard<std::mutex> lock(outbox_mutex);
+      std::lock_guard<std::mutex> lock(mutex);
       batch.swap(outbox);
+      if (!batch.empty()) io_idle = false;  // before a blocking caller could see the outbox empty
     }
     for (auto& out : batch) {
       if (state == State::closed) {
@@ -130,6 +338,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
       return;
     }
     host = address->host;
+    watching = false;
     plain = std::make_unique<tcp::socket>(io);
     tls.reset();
     connect_timer.expires_after(options.connect_timeout);
@@ -147,7 +356,10 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
                               asio::async_connect(*plain, results, [this, gen](const boost::system::error_code& ec, const tcp::endpoint&) {
                                 if (gen != generation) return;
                                 if (ec) return connection_failed(Status(Code::unavailable, "cannot connect to " + options.address + ": " + ec.message()), gen);
-                                plain->set_option(tcp::no_delay(true));
+                                boost::system::error_code option_error;
+                                plain->set_option(tcp::no_delay(true), option_error);
+                                if (!option_error && !options.tls) plain->non_blocking(true, option_error);
+                                if (option_error) return connection_failed(Status(Code::unavailable, "cannot set up the socket to " + options.address + ": " + option_error.message()), gen);
                                 if (options.tls) {
                                   start_tls(gen);
                                 } else {
@@ -204,12 +416,35 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
   }
 
   void start_write() {
-    if (writing || out_pending.empty() || !(plain || tls)) return;
+    if (writing || !(plain || tls)) return;
     if (state != State::connected && state != State::connecting) return;
+    uint64_t gen = generation;
+    if (plain) {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (caller_owned) {  // a blocking caller is writing: our frames go after its own
+        if (!out_pending.empty()) io_deferred = true;
+        return;
+      }
+      if (!handover_out.empty()) {
+        out_pending.insert(0, handover_out);  // the rest of a caller's frame goes first
+        handover_out.clear();
+      }
+    }
+    if (out_pending.empty()) return;
+    if (plain) {
+      // Hands the socket what it takes without blocking: a small batch then costs one send() and
+      // no completion handler, and the connection is idle again at once.
+      boost::system::error_code ec;
+      size_t n = plain->write_some(asio::buffer(out_pending), ec);
+      if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
+        return connection_lost(Status(Code::unavailable, "write to " + options.address + " failed: " + ec.message()));
+      }
+      out_pending.erase(0, n);
+      if (out_pending.empty()) return;
+    }
     out_writing.swap(out_pending);
     out_pending.clear();
     writing = true;
-    uint64_t gen = generation;
     with_stream([&](auto& stream) {
       asio::async_write(stream, asio::buffer(out_writing), [this, gen](const boost::system::error_code& ec, size_t) {
         if (gen != generation) return;
@@ -217,28 +452,77 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
         out_writing.clear();
         if (ec) return connection_lost(Status(Code::unavailable, "write to " + options.address + " failed: " + ec.message()));
         start_write();
+        publish_idle();
       });
     });
   }
 
+  // Starts reading the connection of attempt `gen`: TLS reads asynchronously; plain TCP waits for
+  // the socket to become readable, so that a blocking caller can read it in between (see drain()).
   void do_read(uint64_t gen) {
-    if (read_buffer.size() - in_end < kMinReadSpace) make_room(kMinReadSpace);
-    with_stream([&](auto& stream) {
-      stream.async_read_some(asio::buffer(read_buffer.data() + in_end, read_buffer.size() - in_end),
-                             [this, gen](const boost::system::error_code& ec, size_t n) {
-                               if (gen != generation) return;
-                               if (ec) {
-                                 Status why = last_connection_error.ok()
-                                                  ? Status(Code::unavailable, "connection to " + options.address + " lost: " + ec.message())
-                                                  : last_connection_error;
-                                 if (state == State::connecting) return connection_failed(why, gen);
-                                 return connection_lost(why);
-                               }
-                               in_end += n;
-                               if (!process_frames(gen)) return;
-                               do_read(gen);
-                             });
+    if (tls) return read_tls(gen);
+    if (watching || !plain) return;
+    watching = true;
+    plain->async_wait(tcp::socket::wait_read, [this, gen](const boost::system::error_code& ec) {
+      if (gen != generation) return;
+      watching = false;
+      if (ec) return read_failed(ec, gen);
+      drain(gen);
     });
+  }
+
+  void read_tls(uint64_t gen) {
+    if (read_buffer.size() - in_end < kMinReadSpace) make_room(kMinReadSpace);
+    tls->async_read_some(asio::buffer(read_buffer.data() + in_end, read_buffer.size() - in_end),
+                         [this, gen](const boost::system::error_code& ec, size_t n) {
+                           if (gen != generation) return;
+                           if (ec) return read_failed(ec, gen);
+                           in_end += n;
+                           if (!process_frames(gen)) return;
+                           read_tls(gen);
+                         });
+  }
+
+  // Plain TCP: handles what a blocking caller handed over and what the socket holds, until the
+  // socket has nothing more (it is edge-triggered), then waits for it again. Leaves the socket to
+  // a blocking caller that owns it: that caller reads it, and hands back what is not its own.
+  void drain(uint64_t gen) {
+    while (gen == generation) {
+      size_t n = 0;
+      boost::system::error_code ec;
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (caller_owned) {
+          io_missed = true;
+          break;
+        }
+        if (!handover_in.empty()) {
+          make_room(handover_in.size());
+          std::memcpy(read_buffer.data() + in_end, handover_in.data(), handover_in.size());
+          n = handover_in.size();
+          handover_in.clear();
+        } else {
+          if (read_buffer.size() - in_end < kMinReadSpace) make_room(kMinReadSpace);
+          n = plain->read_some(asio::buffer(read_buffer.data() + in_end, read_buffer.size() - in_end), ec);
+        }
+        if (n > 0) io_idle = false;
+      }
+      if (ec == asio::error::would_block || ec == asio::error::try_again) break;
+      if (ec) return read_failed(ec, gen);
+      in_end += n;
+      if (!process_frames(gen)) return;
+    }
+    if (gen != generation) return;
+    publish_idle();
+    do_read(gen);
+  }
+
+  void read_failed(const boost::system::error_code& ec, uint64_t gen) {
+    Status why = last_connection_error.ok()
+                     ? Status(Code::unavailable, "connection to " + options.address + " lost: " + ec.message())
+                     : last_connection_error;
+    if (state == State::connecting) return connection_failed(why, gen);
+    connection_lost(why);
   }
 
   void make_room(size_t space) {
@@ -254,33 +538,43 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
   bool process_frames(uint64_t gen) {
     while (gen == generation) {
       size_t available = in_end - in_begin;
-      if (available < protocol::kHeaderBytes) break;
-      uint32_t length = protocol::read_length(read_buffer.data() + in_begin);
-      if (length > max_frame_bytes) {
-        connection_lost(Status(Code::frame_too_large, "the node sent a frame of " + std::to_string(length) + " bytes"));
+      auto frame = first_frame(read_buffer.data() + in_begin, available, max_frame_bytes);
+      if (!frame.ok()) {
+        connection_lost(frame.status());
         return false;
       }
-      size_t frame = protocol::kHeaderBytes + length;
-      if (available < frame) {
-        if (read_buffer.size() - in_begin < frame) make_room(frame - available);
+      if (!frame->complete) {
+        if (read_buffer.size() - in_begin < frame->size) make_room(frame->size - available);
         break;
       }
-      const char* body = read_buffer.data() + in_begin + protocol::kHeaderBytes;
-      in_begin += frame;
-      auto handle = wire::unpack_map(body, length);
-      if (!handle.ok()) {
-        connection_lost(handle.status().with_context("reply from " + options.address));
+      const char* data = read_buffer.data() + in_begin;
+      in_begin += frame->size;
+      Status parsed = with_reply(data, frame->size, [this](const protocol::Reply& reply) { handle_reply(reply); });
+      if (!parsed.ok()) {
+        connection_lost(parsed.with_context("reply from " + options.address));
         return false;
       }
-      auto reply = protocol::parse_reply(handle->get());
-      if (!reply.ok()) {
-        connection_lost(reply.status().with_context("reply from " + options.address));
-        return false;
-      }
-      handle_reply(*reply);
     }
     if (in_begin == in_end) in_begin = in_end = 0;
     return gen == generation;
+  }
+
+  // Records whether a blocking caller may take the socket: the connection is up and plain, no
+  // request is in flight or waiting to be written, and no frame is half read. Called on the I/O
+  // thread whenever that may have become true; whatever makes it false clears io_idle first.
+  void publish_idle() {
+    bool idle = state == State::connected && pending.empty() && unsent.empty() && !writing && out_pending.empty() &&
+                in_begin == in_end;
+    std::lock_guard<std::mutex> lock(mutex);
+    io_idle = idle && direct != nullptr;
+  }
+
+  // Posted by a blocking caller that gave the socket back with work left for the I/O thread.
+  void resume_after_caller(uint64_t gen) {
+    if (gen != generation) return;
+    drain(gen);
+    start_write();
+    publish_idle();
   }
 
   void handle_reply(const protocol::Reply& reply) {
@@ -306,6 +600,8 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     }
     Pending done = std::move(p);
     pending.erase(it);
+    // Before the callback: a blocking call it wakes may then take the socket at once.
+    if (pending.empty()) publish_idle();
     if (reply.kind == protocol::ReplyKind::error) {
       fail(done, reply.error);
     } else {
@@ -332,16 +628,34 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
       it->second.sent = true;
     }
     unsent.clear();
+    if (plain) {
+      int fd = ::dup(plain->native_handle());
+      // Without a duplicate (out of descriptors) every call takes the I/O thread's path.
+      if (fd >= 0) {
+        auto channel = std::make_shared<const DirectChannel>(fd, generation, max_frame_bytes);
+        std::lock_guard<std::mutex> lock(mutex);
+        direct = std::move(channel);
+      }
+    }
     start_write();
+    publish_idle();
     resolve_first_connect(Status());
   }
 
   void close_socket() {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      direct.reset();
+      io_idle = false;
+    }
     boost::system::error_code ignored;
     if (tls) {
       tls->lowest_layer().close(ignored);
     }
-    if (plain) plain->close(ignored);
+    if (plain) {
+      plain->shutdown(tcp::socket::shutdown_both, ignored);  // also ends a blocking caller's wait
+      plain->close(ignored);
+    }
   }
 
   // The connection attempt failed (before the handshake completed).
@@ -432,7 +746,8 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
                                     [this](const auto& entry) { return pending.count(entry.first) == 0; }),
                      unsent.end());
       }
-      for (auto& [id, p] : expired) fail(p, Status(Code::timeout, p.op + ": no reply within the deadline"));
+      if (!expired.empty() && pending.empty()) publish_idle();
+      for (auto& [id, p] : expired) fail(p, timed_out(p.op));
       arm_sweep();
     });
   }
@@ -445,7 +760,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
 
   void shutdown() {
     {
-      std::lock_guard<std::mutex> lock(outbox_mutex);
+      std::lock_guard<std::mutex> lock(mutex);
       if (closed_flag) return;
       closed_flag = true;
     }
@@ -473,9 +788,20 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
   std::atomic<uint64_t> id_counter{1};
   std::atomic<bool> is_connected{false};
 
-  std::mutex outbox_mutex;  // guards outbox and closed_flag
+  std::mutex mutex;  // guards outbox, closed_flag, and who may use the socket (the rest of this group)
   std::vector<Outgoing> outbox;
   bool closed_flag = false;
+  std::shared_ptr<const DirectChannel> direct;  // the connection's channel; null for TLS or while not connected
+  bool io_idle = false;       // set by the I/O thread: a blocking caller may take the socket (publish_idle)
+  bool caller_owned = false;  // a blocking caller uses the socket; the I/O thread leaves it alone
+  bool io_missed = false;     // the socket became readable while a caller owned it
+  bool io_deferred = false;   // the I/O thread has bytes to write once the caller is done
+  std::string handover_in;    // bytes a caller read that are not its reply, for the I/O thread
+  std::string handover_out;   // the unwritten rest of a caller's frame, for the I/O thread
+
+  // Only touched by the caller that owns the socket.
+  std::string direct_out;
+  std::vector<char> direct_in;
 
   mutable std::mutex welcome_mutex;  // guards welcome
   msg::Welcome welcome;
@@ -505,6 +831,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
   asio::steady_timer reconnect_timer;
   asio::steady_timer sweep_timer;
   bool sweeping = false;
+  bool watching = false;  // plain TCP: a wait for the socket to become readable is outstanding
 };
 
 namespace {
@@ -589,6 +916,9 @@ std::future<Result<std::string>> Client::call_future(std::string_view op, std::s
 }
 
 Result<std::string> Client::call(std::string_view op, std::string body, std::optional<std::chrono::milliseconds> timeout) {
+  if (auto channel = impl_->take_socket()) {
+    return impl_->call_direct(*channel, op, body, Clock::now() + timeout.value_or(impl_->options.call_timeout));
+  }
   // Lighter than a promise and future: one allocation, and no shared-state bookkeeping on the
   // round trip that every blocking call pays.
   struct Waiter {
