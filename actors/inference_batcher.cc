@@ -666,7 +666,7 @@ void serve_generation(Self self, const CallPtr& call) {
     return call->fail(Status(Code::unavailable, call->op() + ": model \"" + model.name + "\" failed to load: " + model.error));
   }
   if (model.state == "loading") {
-    if (static_cast<int64_t>(model.pending.size()) >= st.context.options.max_queue) {
+    if (static_cast<int64_t>(model.pending.size()) >= st.context.options.engine.max_running + st.context.options.max_queue) {
       return call->fail(Status(Code::overloaded, call->op() + ": model \"" + model.name + "\" is loading and " +
                                                      std::to_string(model.pending.size()) + " requests already wait for it"));
     }

@@ -11,7 +11,7 @@
 //   folder, or `model/version` or `model@alias` from the node's registry, asked in-process through
 //   the registry actor), copies a registry version's artifacts from the BlobStore into
 //   <cache_dir>/<model>/<version>/, and loads the engine. Requests that arrive while a model loads
-//   wait (up to max_queue of them) and start when it is ready.
+//   wait (up to max_running + max_queue of them) and start when it is ready.
 // - Hot swap: for an alias source the loader polls the alias every alias_poll. When it names a new
 //   version, that version is loaded in the background, new requests go to it once it is ready, and
 //   the old version finishes its requests in flight and is then freed. No request fails across

@@ -1,0 +1,587 @@
+// Serving in a real node: `cairn node --serve tiny=<fixture>` answers OpenAI's HTTP API and the
+// infer.* protocol ops, streams tokens both ways, batches 64 concurrent requests with the same
+// output as one at a time, frees a disconnected client's KV blocks, refuses past its queue with 429,
+// rejects bad requests with clear 4xx in OpenAI's shape, and swaps versions under load when the
+// served alias moves without failing a request.
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/messages/infer.h"
+#include "runtime/messages/registry.h"
+#include "test_util.h"
+
+namespace cairn::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+constexpr auto kIo = 30s;
+
+std::string fixture_dir() { return std::string(CAIRN_SOURCE_DIR) + "/../shared/fixtures/hf/tiny-llama"; }
+
+// A plain blocking TCP client for HTTP, so a test can read part of a stream and hang up.
+class Socket {
+ public:
+  static Result<std::unique_ptr<Socket>> connect(uint16_t port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return Status(Code::io_error, "socket");
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+      ::close(fd);
+      return Status(Code::unavailable, "connect to port " + std::to_string(port) + ": " + std::strerror(errno));
+    }
+    auto s = std::unique_ptr<Socket>(new Socket);
+    s->fd_ = fd;
+    return s;
+  }
+  ~Socket() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Status write(const std::string& bytes) {
+    size_t done = 0;
+    while (done < bytes.size()) {
+      ssize_t n = ::send(fd_, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
+      if (n <= 0) return Status(Code::io_error, "send failed");
+      done += static_cast<size_t>(n);
+    }
+    return Status::ok_status();
+  }
+  // Appends what arrives to `text` until it contains `marker` (true), the peer closes or the deadline.
+  bool read_until(std::string& text, const std::string& marker, Clock::time_point deadline) {
+    while (text.find(marker) == std::string::npos) {
+      if (poll_one(fd_, POLLIN, deadline) <= 0) return false;
+      char buffer[16384];
+      ssize_t n = ::recv(fd_, buffer, sizeof buffer, 0);
+      if (n <= 0) return text.find(marker) != std::string::npos;
+      text.append(buffer, static_cast<size_t>(n));
+    }
+    return true;
+  }
+  std::string read_to_end(Clock::time_point deadline) {
+    std::string text;
+    read_until(text, std::string(1, '\0') + "never", deadline);
+    return text;
+  }
+
+ private:
+  Socket() = default;
+  int fd_ = -1;
+};
+
+// Decodes a chunked body ("<hex>\r\n<data>\r\n ... 0\r\n\r\n").
+std::string dechunk(const std::string& body) {
+  std::string out;
+  size_t pos = 0;
+  while (pos < body.size()) {
+    size_t eol = body.find("\r\n", pos);
+    if (eol == std::string::npos) break;
+    size_t size = std::stoul(body.substr(pos, eol - pos), nullptr, 16);
+    if (size == 0) break;
+    out += body.substr(eol + 2, size);
+    pos = eol + 2 + size + 2;
+  }
+  return out;
+}
+
+struct HttpResult {
+  int status = 0;
+  std::string headers;
+  std::string body;  // de-chunked
+  Json json;         // discarded when the body is not JSON
+};
+
+std::string http_request_text(const std::string& method, const std::string& path, const std::string& body,
+                              const std::string& token) {
+  std::string request = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
+  if (!token.empty()) request += "Authorization: Bearer " + token + "\r\n";
+  if (!body.empty()) request += "Content-Type: application/json\r\n";
+  request += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  return request;
+}
+
+Result<HttpResult> http(uint16_t port, const std::string& method, const std::string& path, const std::string& body,
+                        const std::string& token) {
+  auto socket = Socket::connect(port);
+  if (!socket.ok()) return socket.status();
+  CAIRN_RETURN_IF_ERROR((*socket)->write(http_request_text(method, path, body, token)));
+  std::string text = (*socket)->read_to_end(Clock::now() + kIo);
+  const auto header_end = text.find("\r\n\r\n");
+  if (text.rfind("HTTP/1.1 ", 0) != 0 || header_end == std::string::npos) {
+    return Status(Code::bad_frame, "not an HTTP response: " + text.substr(0, 200));
+  }
+  HttpResult out;
+  out.status = std::atoi(text.c_str() + 9);
+  out.headers = text.substr(0, header_end);
+  std::transform(out.headers.begin(), out.headers.end(), out.headers.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  out.body = text.substr(header_end + 4);
+  if (out.headers.find("transfer-encoding: chunked") != std::string::npos) out.body = dechunk(out.body);
+  out.json = Json::parse(out.body, nullptr, /*allow_exceptions=*/false);
+  return out;
+}
+
+// The JSON payloads of an SSE body ("data: {...}\n\n"), and whether it ended with [DONE].
+std::vector<Json> sse_events(const std::string& body, bool* done) {
+  std::vector<Json> events;
+  *done = false;
+  size_t pos = 0;
+  while ((pos = body.find("data: ", pos)) != std::string::npos) {
+    size_t end = body.find("\n\n", pos);
+    std::string payload = body.substr(pos + 6, end - pos - 6);
+    pos = end == std::string::npos ? body.size() : end + 2;
+    if (payload == "[DONE]") {
+      *done = true;
+      continue;
+    }
+    events.push_back(Json::parse(payload, nullptr, false));
+  }
+  return events;
+}
+
+// The status of a call whose reply body does not matter.
+Status call_status(Client& client, std::string_view op, std::string body) {
+  auto reply = client.call(op, std::move(body), 60s);
+  return reply.ok() ? Status::ok_status() : reply.status();
+}
+
+msg::CompletionRequest greedy(const std::string& prompt, int64_t max_tokens) {
+  msg::CompletionRequest r;
+  r.model = "tiny";
+  r.prompt = prompt;
+  r.max_tokens = max_tokens;
+  r.temperature = 0;
+  r.ignore_eos = true;
+  return r;
+}
+
+Result<msg::InferStatsReply> stats(Client& client) {
+  return client.call_as<msg::InferStatsReply>(msg::kInferStats, msg::Empty{});
+}
+
+// Waits until `predicate(stats of model)` holds; false at the deadline.
+bool wait_stats(Client& client, const std::string& model, const std::function<bool(const msg::InferModelStats&)>& pred,
+                std::chrono::milliseconds timeout, msg::InferModelStats* last) {
+  const auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    auto s = stats(client);
+    if (s.ok()) {
+      for (const auto& m : s->models) {
+        if (m.name != model) continue;
+        *last = m;
+        if (pred(m)) return true;
+      }
+    }
+    std::this_thread::sleep_for(10ms);  // the engine frees blocks on its own thread, at its next step
+  }
+  return false;
+}
+
+class ServeTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    NodeOptions options;
+    options.extra_args = {"--serve", "tiny=" + fixture_dir()};
+    auto started = NodeProcess::start(options);
+    if (started.ok()) {
+      node_ = std::move(started).value().release();
+    } else {
+      start_error_ = new std::string(started.status().to_string());
+    }
+  }
+  static void TearDownTestSuite() {
+    delete node_;
+    node_ = nullptr;
+    delete start_error_;
+    start_error_ = nullptr;
+  }
+  void SetUp() override {
+    ASSERT_NE(node_, nullptr) << (start_error_ ? *start_error_ : "");
+    auto client = Client::connect(node_->client_options(Role::client));
+    ASSERT_TRUE(client.ok()) << client.status().to_string();
+    client_ = std::move(client).value();
+    // Requests that arrive while --serve models load wait for them: one such request and the model is ready.
+    CAIRN_ASSERT_OK(call_status(*client_, msg::kInferCompletions, wire::encode(greedy("warm up", 1))));
+  }
+  HttpResult post(const std::string& path, const Json& body) {
+    auto reply = http(node_->http_port(), "POST", path, body.dump(), node_->client_token());
+    EXPECT_TRUE(reply.ok()) << reply.status().to_string() << node_->diagnostics();
+    return reply.ok() ? std::move(reply).value() : HttpResult{};
+  }
+  msg::CompletionReply complete(const msg::CompletionRequest& request, const std::string& op = "infer.completions") {
+    auto reply = client_->call_as<msg::CompletionReply>(op, request, 60s);
+    EXPECT_TRUE(reply.ok()) << reply.status().to_string() << node_->diagnostics();
+    return reply.ok() ? std::move(reply).value() : msg::CompletionReply{};
+  }
+
+  static NodeProcess* node_;
+  static std::string* start_error_;
+  std::unique_ptr<Client> client_;
+};
+NodeProcess* ServeTest::node_ = nullptr;
+std::string* ServeTest::start_error_ = nullptr;
+
+TEST_F(ServeTest, ModelsAreListedOverHttpAndProtocol) {
+  auto models = http(node_->http_port(), "GET", "/v1/models", "", node_->client_token());
+  ASSERT_TRUE(models.ok()) << models.status().to_string();
+  ASSERT_EQ(models->status, 200) << models->body;
+  EXPECT_EQ(models->json["object"], "list");
+  ASSERT_EQ(models->json["data"].size(), 1u) << models->body;
+  EXPECT_EQ(models->json["data"][0]["id"], "tiny");
+  EXPECT_EQ(models->json["data"][0]["max_model_len"], 256);
+  auto listed = client_->call_as<msg::InferModelsReply>(msg::kInferModels, msg::Empty{});
+  ASSERT_TRUE(listed.ok()) << listed.status().to_string();
+  ASSERT_EQ(listed->models.size(), 1u);
+  EXPECT_EQ(listed->models[0].state, "ready");
+}
+
+TEST_F(ServeTest, CompletionAndChatOverHttpEqualTheProtocolsAnswer) {
+  const auto reference = complete(greedy("The quick brown fox", 12));
+  ASSERT_EQ(reference.token_ids.size(), 12u);
+  EXPECT_EQ(reference.finish_reason, "length");
+  EXPECT_GT(reference.usage.prompt_tokens, 0);
+
+  auto http_reply = post("/v1/completions", {{"model", "tiny"}, {"prompt", "The quick brown fox"}, {"max_tokens", 12},
+                                             {"temperature", 0}, {"ignore_eos", true}});
+  ASSERT_EQ(http_reply.status, 200) << http_reply.body;
+  EXPECT_EQ(http_reply.json["object"], "text_completion");
+  EXPECT_EQ(http_reply.json["choices"][0]["text"], reference.text);
+  EXPECT_EQ(http_reply.json["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(http_reply.json["usage"]["completion_tokens"], 12);
+  EXPECT_EQ(http_reply.json["usage"]["prompt_tokens"], reference.usage.prompt_tokens);
+
+  msg::CompletionRequest chat;
+  chat.model = "tiny";
+  chat.messages = {{"system", "You are terse."}, {"user", "Say hi"}};
+  chat.max_tokens = 8;
+  chat.temperature = 0;
+  chat.ignore_eos = true;
+  const auto chat_reference = complete(chat, "infer.chat");
+  ASSERT_EQ(chat_reference.token_ids.size(), 8u);
+  auto chat_http = post("/v1/chat/completions",
+                        {{"model", "tiny"},
+                         {"messages", {{{"role", "system"}, {"content", "You are terse."}}, {{"role", "user"}, {"content", "Say hi"}}}},
+                         {"max_tokens", 8},
+                         {"temperature", 0},
+                         {"ignore_eos", true},
+                         {"logprobs", true},
+                         {"top_logprobs", 2}});
+  ASSERT_EQ(chat_http.status, 200) << chat_http.body;
+  EXPECT_EQ(chat_http.json["object"], "chat.completion");
+  EXPECT_EQ(chat_http.json["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(chat_http.json["choices"][0]["message"]["content"], chat_reference.text);
+  const Json& content = chat_http.json["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), 8u) << chat_http.body;
+  EXPECT_EQ(content[0]["top_logprobs"].size(), 2u);
+  EXPECT_LE(content[0]["logprob"].get<double>(), 0.0);
+}
+
+TEST_F(ServeTest, StreamsOverSseAndOverTheProtocol) {
+  const auto reference = complete(greedy("Once upon a time", 20));
+  auto streamed = post("/v1/completions", {{"model", "tiny"}, {"prompt", "Once upon a time"}, {"max_tokens", 20},
+                                           {"temperature", 0}, {"ignore_eos", true}, {"stream", true},
+                                           {"stream_options", {{"include_usage", true}}}});
+  ASSERT_EQ(streamed.status, 200) << streamed.body;
+  EXPECT_NE(streamed.headers.find("content-type: text/event-stream"), std::string::npos) << streamed.headers;
+  bool done = false;
+  auto events = sse_events(streamed.body, &done);
+  EXPECT_TRUE(done) << streamed.body;
+  ASSERT_GE(events.size(), 3u) << streamed.body;
+  std::string text;
+  std::string finish;
+  for (const auto& e : events) {
+    ASSERT_FALSE(e.is_discarded()) << streamed.body;
+    EXPECT_EQ(e["id"], events.front()["id"]);
+    if (!e["choices"].empty()) {
+      text += e["choices"][0]["text"].get<std::string>();
+      if (!e["choices"][0]["finish_reason"].is_null()) finish = e["choices"][0]["finish_reason"];
+    }
+  }
+  EXPECT_EQ(text, reference.text);
+  EXPECT_EQ(finish, "length");
+  EXPECT_EQ(events.back()["usage"]["completion_tokens"], 20) << streamed.body;
+
+  // The protocol: a delta per token, then the final reply with usage.
+  auto request = greedy("Once upon a time", 20);
+  request.stream = true;
+  std::mutex mutex;
+  std::string deltas;
+  size_t items = 0;
+  auto subscription = client_->subscribe(msg::kInferCompletions, wire::encode(request), [&](const std::string& body) {
+    auto delta = wire::decode_bytes<msg::CompletionDelta>(body);
+    std::lock_guard<std::mutex> lock(mutex);
+    if (delta.ok()) deltas += delta->text;
+    ++items;
+  });
+  CAIRN_ASSERT_OK(subscription->wait(60s));
+  std::lock_guard<std::mutex> lock(mutex);
+  EXPECT_EQ(deltas, reference.text);
+  EXPECT_GE(items, 20u);
+
+  // Chat streams start with the assistant role.
+  auto chat = post("/v1/chat/completions", {{"model", "tiny"}, {"messages", {{{"role", "user"}, {"content", "hello"}}}},
+                                            {"max_tokens", 5}, {"temperature", 0}, {"stream", true}});
+  ASSERT_EQ(chat.status, 200) << chat.body;
+  auto chat_events = sse_events(chat.body, &done);
+  EXPECT_TRUE(done);
+  ASSERT_FALSE(chat_events.empty());
+  EXPECT_EQ(chat_events[0]["object"], "chat.completion.chunk");
+  EXPECT_EQ(chat_events[0]["choices"][0]["delta"]["role"], "assistant");
+}
+
+TEST_F(ServeTest, SixtyFourConcurrentRequestsEqualTheirSingleRequestReference) {
+  const std::vector<std::string> prompts = {"a", "The cat", "In the beginning", "1 2 3 4", "hello world",
+                                            "Llamas are", "Once", "Tell me about the sea"};
+  std::vector<msg::CompletionReply> references;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    references.push_back(complete(greedy(prompts[i], 8 + static_cast<int64_t>(i) * 3)));
+  }
+  constexpr size_t kRequests = 64;
+  std::vector<std::future<Result<std::string>>> futures;
+  for (size_t i = 0; i < kRequests; ++i) {
+    const size_t p = i % prompts.size();
+    futures.push_back(client_->call_future(msg::kInferCompletions,
+                                           wire::encode(greedy(prompts[p], 8 + static_cast<int64_t>(p) * 3)), 120s));
+  }
+  for (size_t i = 0; i < kRequests; ++i) {
+    auto body = futures[i].get();
+    ASSERT_TRUE(body.ok()) << "request " << i << ": " << body.status().to_string();
+    auto reply = wire::decode_bytes<msg::CompletionReply>(*body);
+    ASSERT_TRUE(reply.ok());
+    EXPECT_EQ(reply->token_ids, references[i % prompts.size()].token_ids) << "request " << i;
+    EXPECT_EQ(reply->text, references[i % prompts.size()].text) << "request " << i;
+  }
+}
+
+TEST_F(ServeTest, ClientThatDisconnectsMidStreamFreesItsBlocks) {
+  msg::InferModelStats before;
+  ASSERT_TRUE(wait_stats(*client_, "tiny", [](const auto& m) { return m.running == 0; }, 30s, &before));
+  const uint64_t cancelled_before = before.requests_cancelled_total;
+  {
+    auto socket = Socket::connect(node_->http_port());
+    ASSERT_TRUE(socket.ok());
+    Json body = {{"model", "tiny"}, {"prompt", "Stream for a long while"}, {"max_tokens", 240},
+                 {"temperature", 0}, {"ignore_eos", true}, {"stream", true}};
+    CAIRN_ASSERT_OK((*socket)->write(http_request_text("POST", "/v1/completions", body.dump(), node_->client_token())));
+    std::string text;
+    ASSERT_TRUE((*socket)->read_until(text, "data: ", Clock::now() + kIo)) << text;
+    msg::InferModelStats during;
+    ASSERT_TRUE(wait_stats(*client_, "tiny", [](const auto& m) { return m.kv_blocks_used > 0; }, 10s, &during))
+        << "the request finished before the client hung up";
+  }  // hangs up
+  msg::InferModelStats after;
+  EXPECT_TRUE(wait_stats(
+      *client_, "tiny",
+      [&](const auto& m) {
+        return m.running == 0 && m.kv_blocks_used == before.kv_blocks_used && m.requests_cancelled_total > cancelled_before;
+      },
+      30s, &after))
+      << "running " << after.running << ", kv blocks used " << after.kv_blocks_used << " (baseline "
+      << before.kv_blocks_used << "), cancelled " << after.requests_cancelled_total;
+}
+
+TEST_F(ServeTest, BadRequestsGetClear4xxInOpenAisShape) {
+  auto expect_error = [](const HttpResult& r, int status, const std::string& needle) {
+    EXPECT_EQ(r.status, status) << r.body;
+    ASSERT_TRUE(r.json.is_object()) << r.body;
+    ASSERT_TRUE(r.json.contains("error")) << r.body;
+    for (const char* key : {"message", "type", "param", "code"}) EXPECT_TRUE(r.json["error"].contains(key)) << key;
+    EXPECT_NE(r.json["error"]["message"].get<std::string>().find(needle), std::string::npos) << r.body;
+  };
+  auto malformed = http(node_->http_port(), "POST", "/v1/completions", "{\"model\": \"tiny\", ", node_->client_token());
+  ASSERT_TRUE(malformed.ok());
+  expect_error(*malformed, 400, "malformed JSON");
+  expect_error(post("/v1/completions", {{"model", "nope"}, {"prompt", "x"}}), 404, "no model named \"nope\"");
+  expect_error(post("/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 0}}), 400, "max_tokens");
+  expect_error(post("/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 100000}}), 400,
+               "context of 256");
+  std::vector<int64_t> long_prompt(300, 5);
+  expect_error(post("/v1/completions", {{"model", "tiny"}, {"prompt", long_prompt}, {"max_tokens", 1}}), 400,
+               "prompt: 300 tokens");
+  expect_error(post("/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"n", 2}}), 400, "n: only 1");
+  expect_error(post("/v1/chat/completions", {{"model", "tiny"}, {"messages", "hi"}}), 400, "messages");
+  auto unauthorized = http(node_->http_port(), "POST", "/v1/completions", "{}", "wrong-token");
+  ASSERT_TRUE(unauthorized.ok());
+  expect_error(*unauthorized, 401, "invalid token");
+  EXPECT_EQ(post("/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 1}}).status, 200);
+}
+
+TEST_F(ServeTest, MetricsArePrometheusTextPerModel) {
+  complete(greedy("metrics", 4));
+  auto metrics = http(node_->http_port(), "GET", "/metrics", "", "");
+  ASSERT_TRUE(metrics.ok());
+  ASSERT_EQ(metrics->status, 200);
+  EXPECT_NE(metrics->headers.find("content-type: text/plain"), std::string::npos);
+  for (const char* series :
+       {"cairn:num_requests_running{model=\"tiny\"}", "cairn:num_requests_waiting{model=\"tiny\"}",
+        "cairn:kv_cache_usage_perc{model=\"tiny\"}", "cairn:prompt_tokens_total{model=\"tiny\"}",
+        "cairn:generation_tokens_total{model=\"tiny\"}", "# TYPE cairn:time_to_first_token_seconds histogram",
+        "cairn:time_per_output_token_seconds_bucket{model=\"tiny\",le=\"+Inf\"}",
+        "cairn:e2e_request_latency_seconds_count{model=\"tiny\"}", "cairn:node_uptime_seconds"}) {
+    EXPECT_NE(metrics->body.find(series), std::string::npos) << series << "\n" << metrics->body;
+  }
+}
+
+TEST(ServeOverload, PastTheQueueRequestsGet429AtOnce) {
+  NodeOptions options;
+  options.extra_args = {"--serve", "tiny=" + fixture_dir()};
+  options.config_yaml = "serve:\n  max_running: 1\n  max_queue: 1\n";
+  std::unique_ptr<NodeProcess> node;
+  CAIRN_ASSERT_OK_AND_ASSIGN(node, NodeProcess::start(options));
+  std::unique_ptr<Client> client;
+  CAIRN_ASSERT_OK_AND_ASSIGN(client, Client::connect(node->client_options(Role::client)));
+  CAIRN_ASSERT_OK(call_status(*client, msg::kInferCompletions, wire::encode(greedy("warm up", 1))));  // loaded
+  // Two long requests fill the batch (1) and the queue (1); the third is refused.
+  std::vector<std::future<Result<std::string>>> busy;
+  for (int i = 0; i < 2; ++i) {
+    busy.push_back(client->call_future(msg::kInferCompletions, wire::encode(greedy("x", 250)), 120s));
+  }
+  auto refused = call_status(*client, msg::kInferCompletions, wire::encode(greedy("y", 4)));
+  EXPECT_EQ(refused.code(), Code::overloaded) << refused.to_string();
+  auto http_refused = http(node->http_port(), "POST", "/v1/completions",
+                           Json{{"model", "tiny"}, {"prompt", "z"}, {"max_tokens", 2}}.dump(), node->client_token());
+  ASSERT_TRUE(http_refused.ok());
+  EXPECT_EQ(http_refused->status, 429) << http_refused->body;
+  EXPECT_EQ(http_refused->json["error"]["code"], "overloaded") << http_refused->body;
+  for (auto& f : busy) {
+    auto r = f.get();
+    EXPECT_TRUE(r.ok()) << r.status().to_string();
+  }
+  // Once they are done there is room again.
+  EXPECT_TRUE(client->call(msg::kInferCompletions, wire::encode(greedy("y", 4)), 60s).ok());
+}
+
+// A copy of the fixture with every weight negated: a second, different version.
+Status write_negated_copy(const std::string& from, const std::string& to) {
+  fs::create_directories(to);
+  for (const auto& entry : fs::directory_iterator(from)) fs::copy_file(entry.path(), to + "/" + entry.path().filename().string());
+  std::string bytes = read_file(to + "/model.safetensors");
+  if (bytes.size() < 8) return Status(Code::data_loss, "short safetensors");
+  uint64_t header = 0;
+  std::memcpy(&header, bytes.data(), 8);
+  for (size_t i = 8 + header; i + 3 < bytes.size(); i += 4) bytes[i + 3] = static_cast<char>(bytes[i + 3] ^ 0x80);
+  return write_file(to + "/model.safetensors", bytes);
+}
+
+std::string register_version(const NodeProcess& node, const std::string& dir, const std::string& out) {
+  auto code = run_program({CAIRN_BINARY, "models", "register", "tiny", "--from", dir, "--connect", node.address(),
+                           "--token", node.admin_token(), "--json"},
+                          out, 60s);
+  if (!code.ok() || *code != 0) return "";
+  auto json = Json::parse(read_file(out), nullptr, false);
+  if (json.is_discarded()) return "";
+  if (json.contains("model_version")) return json["model_version"]["version"];
+  return json.value("version", "");
+}
+
+TEST(ServeHotSwap, AliasMoveUnderLoadSwapsVersionsWithoutFailingARequest) {
+  NodeOptions options;
+  options.config_yaml = "node:\n  roles: [echo, registry, inference]\nserve:\n  alias_poll_ms: 50\n";
+  std::unique_ptr<NodeProcess> node;
+  CAIRN_ASSERT_OK_AND_ASSIGN(node, NodeProcess::start(options));
+  TempDir dir;
+  CAIRN_ASSERT_OK(write_negated_copy(fixture_dir(), dir.path("v2")));
+  const std::string v1 = register_version(*node, fixture_dir(), dir.path("out1"));
+  const std::string v2 = register_version(*node, dir.path("v2"), dir.path("out2"));
+  ASSERT_FALSE(v1.empty()) << read_file(dir.path("out1")) << node->diagnostics();
+  ASSERT_FALSE(v2.empty()) << read_file(dir.path("out2"));
+  std::unique_ptr<Client> admin;
+  CAIRN_ASSERT_OK_AND_ASSIGN(admin, Client::connect(node->client_options(Role::admin)));
+  CAIRN_ASSERT_OK(call_status(*admin, msg::kSetAlias, wire::encode(msg::SetAliasRequest{"tiny", "production", v1})));
+
+  // Load at run time: the alias, and each version under its own name for the references.
+  for (auto [name, source] : {std::pair<std::string, std::string>{"tiny", "tiny@production"},
+                              {"tiny-v1", "tiny/" + v1}, {"tiny-v2", "tiny/" + v2}}) {
+    msg::InferLoadRequest load;
+    load.name = name;
+    load.source = source;
+    auto loaded = admin->call_as<msg::InferModel>(msg::kInferLoad, load, 60s);
+    ASSERT_TRUE(loaded.ok()) << name << ": " << loaded.status().to_string() << node->diagnostics();
+    EXPECT_EQ(loaded->state, "ready");
+  }
+  auto reference = [&](const std::string& model) {
+    auto request = greedy("swap me", 60);
+    request.model = model;
+    auto reply = admin->call_as<msg::CompletionReply>(msg::kInferCompletions, request, 60s);
+    EXPECT_TRUE(reply.ok()) << reply.status().to_string();
+    return reply.ok() ? reply->token_ids : std::vector<int64_t>{};
+  };
+  const auto ref1 = reference("tiny-v1");
+  const auto ref2 = reference("tiny-v2");
+  ASSERT_NE(ref1, ref2) << "the two versions generate the same tokens; the swap would go unseen";
+
+  // Keep at least 16 requests in flight while the alias moves, and until the new version serves.
+  std::vector<std::future<Result<std::string>>> futures;
+  auto fire = [&] { futures.push_back(admin->call_future(msg::kInferCompletions, wire::encode(greedy("swap me", 60)), 120s)); };
+  for (int i = 0; i < 16; ++i) fire();
+  CAIRN_ASSERT_OK(call_status(*admin, msg::kSetAlias, wire::encode(msg::SetAliasRequest{"tiny", "production", v2})));
+  const auto deadline = Clock::now() + 60s;
+  bool swapped = false;
+  while (!swapped && Clock::now() < deadline) {
+    fire();
+    auto models = admin->call_as<msg::InferModelsReply>(msg::kInferModels, msg::Empty{});
+    ASSERT_TRUE(models.ok());
+    for (const auto& m : models->models) swapped |= m.name == "tiny" && m.version == v2;
+  }
+  ASSERT_TRUE(swapped) << node->diagnostics();
+  for (int i = 0; i < 16; ++i) fire();
+
+  size_t on_v1 = 0, on_v2 = 0;
+  for (size_t i = 0; i < futures.size(); ++i) {
+    auto body = futures[i].get();
+    ASSERT_TRUE(body.ok()) << "request " << i << " failed across the swap: " << body.status().to_string();
+    auto reply = wire::decode_bytes<msg::CompletionReply>(*body);
+    ASSERT_TRUE(reply.ok());
+    if (reply->version == v1) {
+      ++on_v1;
+      EXPECT_EQ(reply->token_ids, ref1) << "request " << i;
+    } else {
+      ++on_v2;
+      EXPECT_EQ(reply->version, v2);
+      EXPECT_EQ(reply->token_ids, ref2) << "request " << i;
+    }
+  }
+  EXPECT_GE(on_v1, 16u);
+  EXPECT_GE(on_v2, 16u);
+  auto after = admin->call_as<msg::CompletionReply>(msg::kInferCompletions, greedy("swap me", 60), 60s);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->version, v2);
+  EXPECT_EQ(after->token_ids, ref2);
+  auto s = admin->call_as<msg::InferStatsReply>(msg::kInferStats, msg::Empty{});
+  ASSERT_TRUE(s.ok());
+  for (const auto& m : s->models) {
+    if (m.name == "tiny") EXPECT_EQ(m.swaps_total, 1u);
+  }
+
+  // Unload frees the name.
+  CAIRN_ASSERT_OK(call_status(*admin, msg::kInferUnload, wire::encode(msg::InferUnloadRequest{"tiny-v1"})));
+  auto gone = admin->call_as<msg::CompletionReply>(msg::kInferCompletions, [] {
+    auto r = greedy("x", 2);
+    r.model = "tiny-v1";
+    return r;
+  }());
+  ASSERT_FALSE(gone.ok());
+  EXPECT_EQ(gone.status().code(), Code::not_found);
+}
+
+}  // namespace
+}  // namespace cairn::testing
