@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 
 #include "cluster/detail/ring_socket.h"
 
@@ -65,8 +66,20 @@ RingPlan plan_broadcast(char* data, size_t bytes, int root, int rank, int world_
 
 namespace {
 
+// out[i] += in[i], eight lanes at a time (GCC/Clang vector extension: -O2 does not vectorize a
+// loop of unknown length by itself). Each element is still one IEEE addition, so the result is the
+// same as the scalar loop's, bit for bit.
 void add_into(float* __restrict out, const float* __restrict in, size_t count) {
-  for (size_t i = 0; i < count; ++i) out[i] += in[i];
+  typedef float Lanes __attribute__((vector_size(32)));
+  size_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    Lanes a, b;
+    std::memcpy(&a, out + i, sizeof a);
+    std::memcpy(&b, in + i, sizeof b);
+    a += b;
+    std::memcpy(out + i, &a, sizeof a);
+  }
+  for (; i < count; ++i) out[i] += in[i];
 }
 
 }  // namespace
