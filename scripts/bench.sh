@@ -15,7 +15,7 @@ build_dir="${BUILD_DIR:-$root/build-release}"
 # Tests are not needed to benchmark, and leaving them out keeps the Release build short.
 cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCAIRN_BUILD_BENCH=ON \
   -DCAIRN_BUILD_TESTS=OFF >/dev/null
-cmake --build "$build_dir" --target cairn protocol_bench registry_bench
+cmake --build "$build_dir" --target cairn protocol_bench registry_bench allreduce_bench
 
 # One line per benchmark; each appends its own section to bench/RESULTS.md.
 echo "== protocol_bench (issue #2)" >&2
@@ -24,3 +24,9 @@ echo "== tokenizer_bench (issue #4)" >&2
 BUILD_DIR="$build_dir" "$root/bench/tokenizer/run.sh"  # builds tokenizer_bench, installs its npm peers
 echo "== registry_bench (issue #3)" >&2
 "$build_dir/bench/registry_bench"
+echo "== allreduce_bench (issue #5)" >&2
+# Its peers: torch.distributed gloo (Debian's python3-torch) and iperf3, installed here when missing.
+if ! /usr/bin/python3 -c "import torch" 2>/dev/null || ! command -v iperf3 >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-torch iperf3 >/dev/null
+fi
+MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 "$build_dir/bench/allreduce_bench"
