@@ -493,6 +493,12 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const TrainJobConfig& config, c
 Status Trainer::accumulate(const std::vector<PackedRow>& micro_batch) {
   Impl& m = *impl_;
   const auto start = std::chrono::steady_clock::now();
+  if (m.micro_batches >= m.config.gradient_accumulation_steps) {
+    // The previous accumulate() completed the step (and may have started its all-reduce).
+    return error(Code::invalid_argument, "Trainer::accumulate: " + std::to_string(m.micro_batches) +
+                                             " micro-batches (gradient_accumulation_steps) are accumulated; call "
+                                             "step() first");
+  }
   try {
     auto batch = to_tensors(micro_batch, m.device);
     if (!batch.ok()) return batch.status();
@@ -541,7 +547,11 @@ Status Trainer::accumulate(const std::vector<PackedRow>& micro_batch) {
 
 Result<StepStats> Trainer::step() {
   Impl& m = *impl_;
-  if (m.micro_batches == 0) return error(Code::invalid_argument, "Trainer::step: no accumulate() since the last step");
+  // A rank whose shard ran out may take part in a step with nothing of its own (its gradients
+  // are zero); a single worker has no step to take then.
+  if (m.micro_batches == 0 && m.world() == 1) {
+    return error(Code::invalid_argument, "Trainer::step: no accumulate() since the last step");
+  }
   const auto start = std::chrono::steady_clock::now();
   try {
     at::NoGradGuard no_grad;

@@ -113,16 +113,19 @@ class Trainer {
   ~Trainer();
 
   // Forward and backward of one micro-batch (rows of equal length), adding its summed-loss
-  // gradient into the accumulated gradient. The accumulate() that completes a step (the
-  // gradient_accumulation_steps-th since the last step()) starts the all-reduce of gradient
-  // buckets as backward produces them. Errors: invalid_argument for an empty batch, rows of
-  // different lengths, ids outside the vocabulary; internal for a libtorch failure.
+  // gradient into the accumulated gradient. At most gradient_accumulation_steps calls per step;
+  // fewer is fine (the end of an epoch), as long as every rank makes the same number. The
+  // accumulate() that completes a step (the gradient_accumulation_steps-th) starts the
+  // all-reduce of gradient buckets as backward produces them. Errors: invalid_argument for an
+  // empty batch, rows of different lengths, ids outside the vocabulary, or a step already
+  // complete (call step()); internal for a libtorch failure.
   Status accumulate(const std::vector<PackedRow>& micro_batch);
 
   // Finishes the step: all-reduces gradients, trained-token counts and loss sums across ranks;
   // divides by the global token count; clips to max_grad_norm (when > 0); applies AdamW with
-  // the scheduled learning rate; advances the schedule; zeroes the gradients. Errors:
-  // invalid_argument when no accumulate() preceded it; the collective's
+  // the scheduled learning rate; advances the schedule; zeroes the gradients. With several ranks
+  // a rank may call it without accumulating (its shard ran out): it contributes nothing. Errors:
+  // invalid_argument when a single worker accumulated nothing; the collective's
   // errors (the trainer is then unusable).
   Result<StepStats> step();
 

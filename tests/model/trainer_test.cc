@@ -173,8 +173,10 @@ double relative_difference(const Trainer& a, const Trainer& b) {
 TEST(Trainer, SameSeedSameLossCurveBitwise) {
   std::vector<std::vector<StepStats>> curves;
   std::vector<std::string> digests;
+  TrainJobConfig config = scratch_config();
+  config.gradient_accumulation_steps = 2;
   for (int run = 0; run < 2; ++run) {
-    auto trainer = make_trainer(scratch_config(), scratch_init(5));
+    auto trainer = make_trainer(config, scratch_init(5));
     ASSERT_TRUE(trainer);
     curves.push_back(train(*trainer, 0, 5, 4, 2));
     digests.push_back(trainer->parameters_digest());
@@ -203,6 +205,7 @@ void check_equivalence(bool overlap) {
   auto group = InProcessGroup::create(2);
   std::vector<std::unique_ptr<Trainer>> replicas(2);
   std::vector<std::vector<StepStats>> curves(2);
+  std::vector<double> evals(2, 0.0);
   std::vector<std::thread> threads;
   std::vector<std::unique_ptr<Collective>> members;
   for (int rank = 0; rank < 2; ++rank) members.push_back(group->member(rank));
@@ -229,6 +232,10 @@ void check_equivalence(bool overlap) {
         EXPECT_TRUE(stats.ok()) << stats.status().to_string();
         if (stats.ok()) curves[rank].push_back(*stats);
       }
+      // Each rank evaluates its half of the validation rows; the reduced loss covers all of them.
+      auto eval = (*trainer)->evaluate({corpus_rows(10000, 4, 2, rank)});
+      EXPECT_TRUE(eval.ok()) << eval.status().to_string();
+      if (eval.ok()) evals[rank] = eval->loss;
       replicas[rank] = std::move(*trainer);
     });
   }
@@ -239,6 +246,8 @@ void check_equivalence(bool overlap) {
   ASSERT_EQ(curves[0].size(), static_cast<size_t>(kSteps));
   EXPECT_EQ(curves[0].back().loss, curves[1].back().loss);
   EXPECT_EQ(curves[0].back().tokens, curves[1].back().tokens);
+  EXPECT_EQ(evals[0], evals[1]);
+  EXPECT_NEAR(evals[0], eval_loss(*single, 10000, 8), 1e-4 * evals[0]);
 }
 
 TEST(Trainer, TwoRanksEqualOneRankWithTwiceTheBatch) { check_equivalence(/*overlap=*/true); }
@@ -399,6 +408,9 @@ TEST(Trainer, RefusesWhatItCannotHonour) {
   ASSERT_TRUE(trainer);
   EXPECT_FALSE(trainer->step().ok());  // nothing accumulated
   EXPECT_FALSE(trainer->accumulate({}).ok());
+  CAIRN_MODEL_ASSERT_OK(trainer->accumulate(corpus_rows(0, 2)));
+  EXPECT_FALSE(trainer->accumulate(corpus_rows(2, 2)).ok());  // gradient_accumulation_steps is 1
+  EXPECT_TRUE(trainer->step().ok());
 }
 
 }  // namespace
