@@ -181,9 +181,11 @@ Result<std::unique_ptr<Collective>> RingEndpoint::connect(const RingOptions& opt
     if (!fd.valid()) continue;  // the connection went away before we took it
     accepted = detail::tune_socket(fd.get(), options.socket_buffer_bytes);
     if (!accepted.ok()) break;
+    // Not cancellable: a handshake under way is finished even when the dialler has failed, so that
+    // a peer with the wrong secret learns why (it checks our proof) instead of seeing a reset.
     accepted = detail::handshake_accept(fd.get(), {static_cast<uint32_t>(prev), static_cast<uint32_t>(n)},
                                         options.secret, std::min(deadline, Clock::now() + kHandshakeTimeout),
-                                        cancel.fd());
+                                        /*cancel_fd=*/-1);
     if (accepted.ok()) {
       prev_fd = std::move(fd);
       break;
