@@ -567,6 +567,15 @@ int cmd_models_download(const ConnectArgs& args, const std::string& ref, const s
   return with_session(args, "models download", [&](Session& s) {
     auto request = parse_version_ref(ref);
     if (!request.ok()) return s.fail(request.status());
+    // NAME@latest: the newest version ("latest" is reserved, never a real alias; training configs
+    // name base models this way).
+    if (request->alias == "latest") {
+      auto latest = s.call<msg::LatestVersionsReply>(msg::kGetLatestVersions, msg::ModelNameRequest{request->name});
+      if (!latest.ok()) return s.fail(latest.status());
+      if (latest->model_versions.empty()) return s.fail(Status(Code::not_found, "model " + request->name + " has no versions"));
+      request->alias.clear();
+      request->version = latest->model_versions.front().version;
+    }
     auto version = s.call<msg::VersionReply>(msg::kGetVersion, *request);
     if (!version.ok()) return s.fail(version.status());
     const auto& v = version->model_version;
@@ -732,7 +741,7 @@ void add_registry_commands(CLI::App& app) {
     auto to = std::make_shared<std::string>();
     auto* download = leaf(*models, "download", "Download a version's files, verified, into a folder", args,
                           [args, ref, to] { return cmd_models_download(*args, *ref, *to); });
-    download->add_option("version", *ref, "NAME@ALIAS or NAME/VERSION")->required();
+    download->add_option("version", *ref, "NAME@ALIAS, NAME@latest (the newest) or NAME/VERSION")->required();
     download->add_option("--to", *to, "Destination folder (created if missing)")->required();
   }
 
