@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <mutex>
 #include <thread>
 
@@ -178,7 +179,13 @@ Result<std::unique_ptr<Collective>> RingEndpoint::connect(const RingOptions& opt
     accepted = detail::wait_fd(listener.get(), POLLIN, deadline, cancel.fd());
     if (!accepted.ok()) break;
     Fd fd(::accept4(listener.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-    if (!fd.valid()) continue;  // the connection went away before we took it
+    if (!fd.valid()) {
+      const int err = errno;
+      // The connection went away before we took it: wait for the next one.
+      if (err == EAGAIN || err == EWOULDBLOCK || err == ECONNABORTED || err == EINTR || err == EPROTO) continue;
+      accepted = error(Code::unavailable, detail::errno_text("accept", err));
+      break;
+    }
     accepted = detail::tune_socket(fd.get(), options.socket_buffer_bytes);
     if (!accepted.ok()) break;
     // Not cancellable: a handshake under way is finished even when the dialler has failed, so that
