@@ -199,12 +199,12 @@ struct PythonFigures {
 };
 
 PythonFigures run_python(const std::string& model_dir, const std::string& prompts_file, const Shape& shape,
-                         int threads, int max_requests) {
+                         int threads, int single_requests) {
   PythonFigures p;
   const std::string script = std::string(CAIRN_SOURCE_DIR) + "/bench/serve/torch_greedy.py";
   const std::string command = "/usr/bin/python3 " + script + " --model " + model_dir + " --prompts " + prompts_file +
-                              " --new-tokens " + std::to_string(shape.generated) + " --batches 1,32 --max-requests " +
-                              std::to_string(max_requests) + " --threads " + std::to_string(threads);
+                              " --new-tokens " + std::to_string(shape.generated) + " --batches 1,32 --single-requests " +
+                              std::to_string(single_requests) + " --threads " + std::to_string(threads);
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) {
     p.error = "popen failed";
@@ -332,7 +332,7 @@ int run(int argc, char** argv) {
 
   PythonFigures python;
   if (args.python) {
-    python = run_python(dir.string(), prompts_file, shape, args.threads, args.quick ? 4 : 32);
+    python = run_python(dir.string(), prompts_file, shape, args.threads, args.quick ? 1 : 2);
     if (!python.ok) std::cerr << "  python peer: " << python.error << "\n";
   }
   auto python_at = [&](int size) -> const PythonFigures::Batch* {

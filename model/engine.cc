@@ -317,7 +317,7 @@ struct InferenceEngine::Impl {
 
   Result<at::Tensor> forward(const std::vector<Scheduled>& batch, std::vector<Sequence*>& sampled) {
     const int64_t bs = options.block_size;
-    std::vector<int64_t> ids, positions, new_slots, logit_rows;
+    std::vector<int64_t> ids, positions, new_slots, gather_slots, logit_rows;
     PagedBatch paged;
     paged.pool = &pool;
     std::map<Adapter*, std::pair<std::vector<int64_t>, std::vector<int64_t>>> adapter_rows;
@@ -329,15 +329,14 @@ struct InferenceEngine::Impl {
       ps.length = item.chunk;
       ps.past = seq.computed;
       const int64_t total = seq.computed + item.chunk;
-      std::vector<int64_t> slots(static_cast<size_t>(total));
-      for (int64_t p = 0; p < total; ++p) slots[p] = seq.blocks[p / bs] * bs + p % bs;
+      ps.gather_offset = static_cast<int64_t>(gather_slots.size());
+      for (int64_t p = 0; p < total; ++p) gather_slots.push_back(seq.blocks[p / bs] * bs + p % bs);
       for (int64_t p = seq.computed; p < total; ++p) {
         ids.push_back(seq.tokens[p]);
         positions.push_back(p);
-        new_slots.push_back(slots[p]);
+        new_slots.push_back(gather_slots[ps.gather_offset + p]);
       }
-      ps.slots = at::tensor(slots, long_options).to(model->device());
-      paged.sequences.push_back(std::move(ps));
+      paged.sequences.push_back(ps);
       const bool needs_logits = total == static_cast<int64_t>(seq.tokens.size());
       if (seq.adapter) {
         auto& rows = adapter_rows[seq.adapter.get()];
@@ -353,6 +352,7 @@ struct InferenceEngine::Impl {
     paged.input_ids = at::tensor(ids, long_options).to(device);
     paged.positions = at::tensor(positions, long_options).to(device);
     paged.new_slots = at::tensor(new_slots, long_options).to(device);
+    paged.gather_slots = at::tensor(gather_slots, long_options).to(device);
     paged.logit_rows = at::tensor(logit_rows, long_options).to(device);
     for (auto& [adapter, rows] : adapter_rows) {
       PagedAdapterRows a;
@@ -400,8 +400,16 @@ struct InferenceEngine::Impl {
 
   // Samples the sequence's next token from its logits row and delivers it; ends the sequence when
   // it is done. Returns false when it ended.
-  bool take_token(Sequence& seq, const at::Tensor& row) {
-    auto token = seq.sampler.sample(processed_logits(seq, row));
+  // Greedy without penalties: the row's argmax, which step() computes for all rows at once.
+  static bool plain_greedy(const Sequence& seq) {
+    const SamplingOptions& s = seq.request.sampling;
+    return s.temperature == 0 && s.repetition_penalty == 1.0 && s.presence_penalty == 0.0 &&
+           s.frequency_penalty == 0.0;
+  }
+
+  // `argmax`: the row's argmax when plain_greedy(seq) (what the Sampler would pick), else unused.
+  bool take_token(Sequence& seq, const at::Tensor& row, int64_t argmax) {
+    Result<int64_t> token = plain_greedy(seq) ? Result<int64_t>(argmax) : seq.sampler.sample(processed_logits(seq, row));
     if (!token.ok()) {
       finish(seq, "error", token.status());
       return false;
@@ -514,8 +522,11 @@ struct InferenceEngine::Impl {
         }
         try {
           at::Tensor rows = *logits;
+          // One argmax over all rows for the greedy requests instead of one per row.
+          at::Tensor argmax = at::argmax(rows, 1).cpu();
+          const int64_t* best = argmax.data_ptr<int64_t>();
           for (size_t r = 0; r < sampled.size(); ++r) {
-            if (!take_token(*sampled[r], rows[static_cast<int64_t>(r)])) ended.insert(sampled[r]);
+            if (!take_token(*sampled[r], rows[static_cast<int64_t>(r)], best[r])) ended.insert(sampled[r]);
           }
         } catch (...) {
           Status failure = detail::current_exception_status("inference engine: sampling");

@@ -538,28 +538,32 @@ Result<at::Tensor> LlamaModel::forward_paged(const PagedBatch& batch) const {
       at::Tensor& pool_values = batch.pool->values[i];
       pool_keys.index_copy_(0, batch.new_slots, k);
       pool_values.index_copy_(0, batch.new_slots, v);
-      // Each sequence's attention exactly as forward() computes it for one sequence with a cache.
+      // Every sequence's keys and values in one gather, [sum of totals, kv_heads, head_dim].
+      at::Tensor keys = pool_keys.index_select(0, batch.gather_slots);
+      at::Tensor values = pool_values.index_select(0, batch.gather_slots);
+      // Each sequence's attention as forward() computes it for one sequence with a cache: the same
+      // layouts and the same batched matmuls over its kv heads.
       for (size_t s = 0; s < batch.sequences.size(); ++s) {
         const PagedSequence& seq = batch.sequences[s];
         const int64_t length = seq.length, total = seq.past + seq.length;
         at::Tensor sq = q.narrow(0, seq.token_offset, length)
-                            .view({1, length, kv_heads, group, head_dim})
-                            .permute({0, 2, 3, 1, 4})
-                            .reshape({1, kv_heads, group * length, head_dim});
-        at::Tensor sk = pool_keys.index_select(0, seq.slots).permute({1, 0, 2}).contiguous().unsqueeze(0);
-        at::Tensor sv = pool_values.index_select(0, seq.slots).permute({1, 0, 2}).contiguous().unsqueeze(0);
-        at::Tensor scores = at::matmul(sq, sk.transpose(-2, -1));
+                            .view({length, kv_heads, group, head_dim})
+                            .permute({1, 2, 0, 3})
+                            .reshape({kv_heads, group * length, head_dim});
+        at::Tensor sk = keys.narrow(0, seq.gather_offset, total).permute({1, 0, 2});  // [kv_heads, total, head_dim]
+        at::Tensor sv = values.narrow(0, seq.gather_offset, total).permute({1, 0, 2});
+        at::Tensor scores = at::bmm(sq, sk.transpose(1, 2));
         scores.mul_(scale);
         if (length > 1) {
           const auto long_options = at::TensorOptions().dtype(at::kLong).device(m.device);
           at::Tensor blocked = at::arange(total, long_options).unsqueeze(0) >
                                at::arange(seq.past, total, long_options).unsqueeze(1);
-          scores.view({1, kv_heads, group, length, total}).masked_fill_(blocked.view({1, 1, 1, length, total}), lowest);
+          scores.view({kv_heads, group, length, total}).masked_fill_(blocked.view({1, 1, length, total}), lowest);
         }
         at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(sq.scalar_type());
-        outs[s] = at::matmul(probs, sv)
-                      .view({1, kv_heads, group, length, head_dim})
-                      .permute({0, 3, 1, 2, 4})
+        outs[s] = at::bmm(probs, sv)
+                      .view({kv_heads, group, length, head_dim})
+                      .permute({2, 0, 1, 3})
                       .reshape({length, heads * head_dim});
       }
       at::Tensor attended = outs.size() == 1 ? outs[0] : at::cat(outs, 0);

@@ -15,7 +15,7 @@ build_dir="${BUILD_DIR:-$root/build-release}"
 # Tests are not needed to benchmark, and leaving them out keeps the Release build short.
 cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCAIRN_BUILD_BENCH=ON \
   -DCAIRN_BUILD_TESTS=OFF >/dev/null
-cmake --build "$build_dir" --target cairn protocol_bench registry_bench allreduce_bench
+cmake --build "$build_dir" --target cairn protocol_bench registry_bench allreduce_bench serve_bench
 
 # One line per benchmark; each appends its own section to bench/RESULTS.md.
 echo "== protocol_bench (issue #2)" >&2
@@ -30,3 +30,9 @@ if ! /usr/bin/python3 -c "import torch" 2>/dev/null || ! command -v iperf3 >/dev
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-torch iperf3 >/dev/null
 fi
 MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 "$build_dir/bench/allreduce_bench"
+echo "== serve_bench (issue #6)" >&2
+# Its peer is a plain PyTorch greedy loop (Debian's python3-torch), installed here when missing.
+if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-torch >/dev/null
+fi
+OPENBLAS_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 "$build_dir/bench/serve_bench"

@@ -10,8 +10,8 @@ or tied output head. Weights come from DIR/model.safetensors (parsed by bench/tr
 reader) and DIR/config.json.
 
 --prompts FILE: JSON list of prompts (lists of token ids), all the same length. For each batch size
-B in --batches, the prompts are decoded B at a time (a static batch: prefill all B, then one token
-per step for every row, --new-tokens steps), up to --max-requests prompts per batch size.
+B in --batches, B prompts are decoded as one static batch (prefill all B, then one token per step
+for every row, --new-tokens steps); batch size 1 decodes --single-requests prompts one after another.
 
 Prints one JSON object on the last line of stdout: for each batch size, generated tokens/s, the
 mean time to first token, and the first prompt's tokens (for the bench to check against its own).
@@ -129,7 +129,7 @@ def main():
     ap.add_argument("--prompts", required=True)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--batches", default="1,32")
-    ap.add_argument("--max-requests", type=int, default=32)
+    ap.add_argument("--single-requests", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -140,7 +140,7 @@ def main():
     with torch.inference_mode():
         decode_batch(model, prompts[:1], 2)  # warm up
         for bs in [int(x) for x in a.batches.split(",")]:
-            count = max(bs, min(a.max_requests, len(prompts)) // bs * bs)
+            count = a.single_requests if bs == 1 else bs
             tokens = 0
             ttfts = []
             first = None

@@ -25,8 +25,8 @@ struct PagedSequence {
   int64_t token_offset = 0;
   int64_t length = 0;
   int64_t past = 0;
-  // [past + length] int64 on the model's device: the pool slot of each of its positions.
-  at::Tensor slots;
+  // Where its past + length positions start in PagedBatch::gather_slots.
+  int64_t gather_offset = 0;
 };
 
 // The rows of a step that use one LoRA adapter.
@@ -42,6 +42,8 @@ struct PagedBatch {
   at::Tensor input_ids;  // [tokens] int64
   at::Tensor positions;  // [tokens] int64 RoPE positions
   at::Tensor new_slots;  // [tokens] int64: where each token's keys and values are written
+  // int64: the pool slots of every position (past and new) of each sequence in turn.
+  at::Tensor gather_slots;
   std::vector<PagedSequence> sequences;
   // int64 rows whose logits are returned (in this order).
   at::Tensor logit_rows;
