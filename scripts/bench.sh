@@ -36,3 +36,11 @@ if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-torch >/dev/null
 fi
 OPENBLAS_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 "$build_dir/bench/serve_bench"
+echo "== train_bench (issue #5)" >&2
+# Its peers are PyTorch eager and DDP over gloo (Debian's python3-torch), installed here when missing;
+# the bench sets the thread and malloc environment for both sides itself.
+if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-torch >/dev/null
+fi
+cmake --build "$build_dir" --target train_bench
+"$build_dir/bench/train_bench"
