@@ -200,9 +200,8 @@ struct Trainer::Impl {
     int64_t offset = 0;
     int64_t numel = 0;
     size_t params = 0;
-    // Per backward of the last micro-batch; touched by the backward thread (the caller's).
+    // Gradients final in the current step's last backward; reset by reduce_gradients().
     size_t ready = 0;
-    bool submitted = false;
   };
   std::vector<Bucket> buckets;
   std::unique_ptr<AsyncAllReduce> async;
@@ -384,7 +383,7 @@ Status Trainer::Impl::layout_parameters() {
   // Buckets: consecutive parameters until bucket_bytes is reached (a parameter is never split).
   const int64_t bucket_elements = std::max<int64_t>(1, static_cast<int64_t>(options.bucket_bytes / flat_params.element_size()));
   for (Param& p : params) {
-    if (buckets.empty() || buckets.back().numel >= bucket_elements) buckets.push_back({p.offset, 0, 0, 0, false});
+    if (buckets.empty() || buckets.back().numel >= bucket_elements) buckets.push_back({p.offset, 0, 0, 0});
     buckets.back().numel += p.numel;
     buckets.back().params += 1;
     p.bucket = buckets.size() - 1;
@@ -412,7 +411,6 @@ void Trainer::Impl::on_gradient_ready(size_t param_index) {
 void Trainer::Impl::submit_ready_buckets() {
   while (next_bucket < buckets.size() && buckets[next_bucket].ready >= buckets[next_bucket].params) {
     Bucket& bucket = buckets[next_bucket++];
-    bucket.submitted = true;
     async->submit(flat_grads.data_ptr<float>() + bucket.offset, static_cast<size_t>(bucket.numel));
   }
 }
@@ -428,7 +426,11 @@ Status Trainer::Impl::reduce_gradients() {
     for (size_t b = next_bucket; b < buckets.size(); ++b) buckets[b].ready = buckets[b].params;
     submit_ready_buckets();
     overlapping = false;
-    CAIRN_RETURN_IF_ERROR(async->wait());
+    Status reduced = async->wait();
+    // Ready for the next step's backward (bucket state is per step).
+    next_bucket = 0;
+    for (Bucket& bucket : buckets) bucket.ready = 0;
+    CAIRN_RETURN_IF_ERROR(reduced);
   } else {
     for (const Bucket& bucket : buckets) {
       CAIRN_RETURN_IF_ERROR(options.collective->all_reduce_sum(flat_grads.data_ptr<float>() + bucket.offset,
@@ -504,13 +506,6 @@ Status Trainer::accumulate(const std::vector<PackedRow>& micro_batch) {
     if (!batch.ok()) return batch.status();
     // The accumulate() completing a step starts the gradient all-reduce during backward.
     m.overlapping = m.async != nullptr && m.last_micro_batch();
-    if (m.overlapping) {
-      m.next_bucket = 0;
-      for (auto& bucket : m.buckets) {
-        bucket.ready = 0;
-        bucket.submitted = false;
-      }
-    }
     auto run = [&]() -> Result<double> {
       auto loss = m.loss_of(*batch);
       if (!loss.ok()) return loss.status();
