@@ -4,6 +4,10 @@
 #include "model/trainer.h"
 
 #include <gtest/gtest.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <algorithm>
+#include <cmath>
 
 #include <filesystem>
 #include <string>
@@ -168,6 +172,53 @@ double relative_difference(const Trainer& a, const Trainer& b) {
     norm += pa[i].second.to(at::kDouble).pow(2).sum().item<double>();
   }
   return std::sqrt(diff / norm);
+}
+
+// The chunked, fused loss and its gradients against the plain computation: full logits, shifted
+// cross-entropy with ignore_index, autograd.
+TEST(Trainer, LossAndGradientsMatchPlainCrossEntropy) {
+  TrainerOptions options;
+  options.loss_chunk_tokens = 50;  // several chunks, the last one partial
+  auto trainer = make_trainer(scratch_config(), scratch_init(2), options);
+  ASSERT_TRUE(trainer);
+  const std::vector<PackedRow> rows = corpus_rows(0, 3);
+  CAIRN_MODEL_ASSERT_OK(trainer->accumulate(rows));
+  const at::Tensor fused_grads = TrainerTorchAccess::accumulated_gradients(*trainer);
+
+  std::vector<int64_t> ids, labels, positions, docs;
+  for (const PackedRow& row : rows) {
+    ids.insert(ids.end(), row.input_ids.begin(), row.input_ids.end());
+    labels.insert(labels.end(), row.labels.begin(), row.labels.end());
+    positions.insert(positions.end(), row.position_ids.begin(), row.position_ids.end());
+    int64_t doc = 1;
+    for (int32_t len : row.doc_lens) docs.insert(docs.end(), len, doc++);
+  }
+  ForwardInput input;
+  input.input_ids = at::tensor(ids, at::kLong).view({3, kSequence});
+  input.position_ids = at::tensor(positions, at::kLong).view({3, kSequence});
+  input.attention_mask = at::tensor(docs, at::kLong).view({3, kSequence});
+  auto logits = trainer->model().forward(input);
+  ASSERT_TRUE(logits.ok()) << logits.status().to_string();
+  at::Tensor targets = at::tensor(labels, at::kLong).view({3, kSequence}).narrow(1, 1, kSequence - 1);
+  at::Tensor shifted = logits->narrow(1, 0, kSequence - 1);
+  at::Tensor loss = at::cross_entropy_loss(shifted.reshape({-1, shifted.size(-1)}), targets.reshape({-1}), {},
+                                           at::Reduction::Sum, kIgnoreLabel);
+  std::vector<at::Tensor> params;
+  for (const auto& [name, tensor] : TrainerTorchAccess::trainable_parameters(*trainer)) params.push_back(tensor);
+  std::reverse(params.begin(), params.end());  // the flat buffer's order
+  std::vector<at::Tensor> grads = torch::autograd::grad({loss}, params);
+  std::vector<at::Tensor> flat;
+  for (const at::Tensor& g : grads) flat.push_back(g.reshape({-1}));
+  const at::Tensor plain_grads = at::cat(flat);
+  const double scale = plain_grads.abs().max().item<double>();
+  EXPECT_LT(testing::max_abs_diff(fused_grads, plain_grads), 1e-5 * scale);
+
+  const int64_t trained = (targets != kIgnoreLabel).sum().item<int64_t>();
+  auto eval = trainer->evaluate({rows});
+  ASSERT_TRUE(eval.ok()) << eval.status().to_string();
+  EXPECT_EQ(eval->tokens, trained);
+  EXPECT_NEAR(eval->loss, loss.item<double>() / static_cast<double>(trained), 1e-5);
+  EXPECT_NEAR(eval->perplexity, std::exp(eval->loss), 1e-9 * eval->perplexity);
 }
 
 TEST(Trainer, SameSeedSameLossCurveBitwise) {
