@@ -66,5 +66,7 @@ void add_registry_commands(CLI::App& app);
 void add_tokenizer_commands(CLI::App& app);
 // cli/train_commands.cc: `cairn train submit|status|list|cancel|logs`.
 void add_train_commands(CLI::App& app);
+// cli/serve_commands.cc: `cairn serve load|unload|list|stats`, `cairn complete`, `cairn chat`.
+void add_serve_commands(CLI::App& app);
 
 }  // namespace cairn::cli

@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   cairn::cli::add_registry_commands(app);
   cairn::cli::add_tokenizer_commands(app);
   cairn::cli::add_train_commands(app);
+  cairn::cli::add_serve_commands(app);
 
   try {
     app.parse(argc, argv);
