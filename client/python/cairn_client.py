@@ -203,6 +203,25 @@ class Client:
         deadline = self._deadline(timeout)
         return Stream(self, self._start(op, body, deadline), timeout)
 
+    def complete(self, model, prompt=None, messages=None, timeout=None, **options):
+        """Generates with a served model: infer.completions for `prompt` (text or token ids),
+        infer.chat for `messages` ([{"role", "content"}]). `options` are the request's other fields
+        (max_tokens, temperature, top_p, top_k, seed, stop, logprobs, ...; PROTOCOL.md, "infer").
+        Returns the final reply map: text, token_ids, finish_reason, usage, model, version."""
+        op, body = _completion_request(model, prompt, messages, options)
+        return self.call(op, body, timeout=timeout)
+
+    def stream_completion(self, model, prompt=None, messages=None, timeout=None, **options):
+        """complete(), streamed: a generator of delta maps ({"text", "token_ids"}) in the order the
+        node produces them; concatenated, their texts are the completion. The final reply
+        (finish_reason, usage) is the generator's return value (`reply = yield from ...`).
+        Closing the generator early cancels the request on the node, freeing its KV blocks."""
+        op, body = _completion_request(model, prompt, messages, dict(options, stream=True))
+        with self.stream(op, body, timeout=timeout) as deltas:
+            for delta in deltas:
+                yield delta
+            return deltas.final
+
     def ping(self):
         """Returns the round-trip time of one node.ping, in seconds."""
         start = time.monotonic()
@@ -357,6 +376,7 @@ class Stream:
     def __init__(self, client, rid, timeout):
         self.client, self.id, self.timeout = client, rid, timeout
         self.done = False
+        self.final = None  # the final reply's body, once the stream has ended normally
         client._open_streams.add(rid)
 
     def __iter__(self):
@@ -369,7 +389,7 @@ class Stream:
         if reply["status"] == "more":
             return reply.get("body") or {}
         self._finish()
-        self.client._unwrap(self.id, reply)  # raises on an error reply
+        self.final = self.client._unwrap(self.id, reply)  # raises on an error reply
         raise StopIteration
 
     def cancel(self):
@@ -399,6 +419,21 @@ class Stream:
         except (CairnError, OSError):
             if exc_type is None:  # else keep the exception already in flight, not this one
                 raise
+
+
+def _completion_request(model, prompt, messages, options):
+    """(op, body) of an infer.completions or infer.chat request."""
+    if (prompt is None) == (messages is None):
+        raise ValueError("pass exactly one of prompt and messages")
+    body = dict(options, model=model)
+    if messages is not None:
+        body["messages"] = list(messages)
+        return "infer.chat", body
+    if isinstance(prompt, str):
+        body["prompt"] = prompt
+    else:
+        body["prompt_ids"] = list(prompt)
+    return "infer.completions", body
 
 
 def _error_of(reply):

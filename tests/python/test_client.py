@@ -26,6 +26,9 @@ READY_TIMEOUT_S = 20.0
 EXIT_TIMEOUT_S = 10.0
 EVENT_TIMEOUT_S = 20.0
 # Fields after pid (the node adds " tls=on" when serving TLS) are allowed.
+# The tiny Llama the node serves as "tiny" (--serve), for the infer.* tests.
+TINY_LLAMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "fixtures", "hf",
+                          "tiny-llama")
 READY_LINE = re.compile(r"cairn node ready protocol=(\S+) http=(\S+) pid=(\d+)(?: \S+=\S+)*")
 
 
@@ -158,7 +161,7 @@ class NodeTest(unittest.TestCase):
             self.proc = subprocess.Popen(
                 [os.environ["CAIRN_BINARY"], "node", "--listen", "127.0.0.1:0",
                  "--http", "127.0.0.1:0", "--data-dir", os.path.join(self.dir.name, "data"),
-                 "--token-file", token_file],
+                 "--token-file", token_file, "--serve", f"tiny={TINY_LLAMA}"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
         self.addr = self._read_ready_line()
 
@@ -292,6 +295,39 @@ class NodeTest(unittest.TestCase):
             pass  # leaving the block cancels
         self.assertTrue(events.done)
         client.ping()
+
+    def test_streamed_completion_equals_the_whole_one(self):
+        client = self.client()
+        options = {"max_tokens": 12, "temperature": 0, "ignore_eos": True}
+        whole = client.complete("tiny", prompt="The quick brown fox", timeout=60, **options)
+        self.assertEqual(whole["finish_reason"], "length")
+        self.assertEqual(len(whole["token_ids"]), 12)
+        self.assertEqual(whole["usage"]["completion_tokens"], 12)
+
+        def collect():
+            reply = yield from client.stream_completion("tiny", prompt="The quick brown fox", timeout=60,
+                                                        **options)
+            finals.append(reply)
+        finals = []
+        deltas = list(collect())
+        self.assertEqual("".join(d["text"] for d in deltas), whole["text"])
+        self.assertEqual([t for d in deltas for t in d.get("token_ids", [])], whole["token_ids"])
+        self.assertEqual(finals[0]["finish_reason"], "length")
+
+        chat = client.complete("tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, timeout=60)
+        self.assertIn("text", chat)
+        with self.assertRaises(CairnError) as caught:
+            client.complete("no-such-model", prompt="x")
+        self.assertEqual(caught.exception.code, "not_found")
+
+    def test_closing_a_streamed_completion_cancels_it(self):
+        client = self.client()
+        deltas = client.stream_completion("tiny", prompt="go on", max_tokens=200, temperature=0,
+                                          ignore_eos=True, timeout=60)
+        next(deltas)
+        deltas.close()  # cancels on the node
+        self.assertEqual(client.complete("tiny", prompt="still fine", max_tokens=2, timeout=60)["usage"]
+                         ["completion_tokens"], 2)
 
     def test_shutdown_exits_cleanly(self):
         self.assertEqual(self.client(admin=True).call("node.shutdown"), {})
