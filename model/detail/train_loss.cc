@@ -20,11 +20,18 @@ struct FusedLinearCrossEntropy : torch::autograd::Function<FusedLinearCrossEntro
       at::Tensor h = hidden.narrow(0, begin, len);
       at::Tensor t = targets.narrow(0, begin, len).unsqueeze(1);
       at::Tensor logits = at::mm(h, weight.t()).to(at::kFloat);  // [len, vocab]
-      at::Tensor lse = logits.logsumexp(1, /*keepdim=*/true);
-      loss.add_((lse - logits.gather(1, t)).sum());
-      if (!hidden_grad && !weight_grad) continue;
-      // d loss / d logits = softmax - one_hot(target), built in the logits' memory.
-      at::Tensor grad_logits = logits.sub_(lse).exp_();
+      at::Tensor target_logits = logits.gather(1, t);
+      if (!hidden_grad && !weight_grad) {
+        loss.add_((logits.logsumexp(1, /*keepdim=*/true) - target_logits).sum());
+        continue;
+      }
+      // One exp pass serves the loss and the gradient: logsumexp = max + log(sum(exp(l - max))),
+      // and d loss / d logits = softmax - one_hot(target), built in the logits' memory.
+      at::Tensor max = logits.amax(1, /*keepdim=*/true);
+      at::Tensor grad_logits = logits.sub_(max).exp_();
+      at::Tensor sum = grad_logits.sum(1, /*keepdim=*/true);
+      loss.add_((max + sum.log() - target_logits).sum());
+      grad_logits.div_(sum);
       grad_logits.scatter_add_(1, t, at::full({len, 1}, -1.0f, grad_logits.options()));
       at::Tensor g = grad_logits.to(hidden.scalar_type());
       if (hidden_grad) grad_hidden.narrow(0, begin, len).copy_(at::mm(g, weight));
