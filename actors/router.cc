@@ -5,6 +5,7 @@
 #include "actors/inference_batcher.h"
 #include "actors/messages.h"
 #include "actors/registry.h"
+#include "runtime/messages/train.h"
 
 namespace cairn {
 
@@ -18,6 +19,11 @@ std::map<std::string, Route, std::less<>> default_routes() {
       {std::string(msg::kShutdown), {"supervisor", Role::admin}},
   };
   for (const auto& op : registry_ops()) routes.emplace(std::string(op.name), Route{"registry", op.min_role});
+  // Training: clients submit, read and cancel jobs.
+  for (std::string_view op : {msg::kTrainSubmit, msg::kTrainStatus, msg::kTrainList, msg::kTrainCancel,
+                              msg::kTrainLogs, msg::kTrainWatch}) {
+    routes.emplace(std::string(op), Route{"train", Role::client});
+  }
   for (const auto& op : inference_ops()) routes.emplace(std::string(op.name), Route{"inference", op.min_role});
   return routes;
 }

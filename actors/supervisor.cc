@@ -158,6 +158,13 @@ void serve(Self self, const CallPtr& call) {
     auto request = call->body<msg::KillActor>();
     if (!request.ok()) return call->fail(request.status());
     auto it = st.children.find(request->name);
+    if (it == st.children.end() && st.directory->find(request->name)) {
+      // Not a child, but an actor a role runs and registered (a training job's trainer, shard or
+      // param-sync): its owner monitors it and handles its death.
+      spdlog::warn("supervisor: killing {} on request", request->name);
+      self->send_exit(st.directory->find(request->name), caf::exit_reason::kill);
+      return call->reply(msg::Empty{});
+    }
     if (it == st.children.end()) {
       std::string names;
       for (const auto& n : st.order) names += (names.empty() ? "" : ", ") + n;
@@ -241,7 +248,7 @@ caf::behavior supervisor_actor(Self self, SupervisorOptions options, std::vector
 
 }  // namespace
 
-std::vector<std::string> known_roles() { return {"echo", "registry", "inference"}; }
+std::vector<std::string> known_roles() { return {"echo", "registry", "inference", "train"}; }
 
 std::vector<ChildSpec> child_specs_for(const std::vector<std::string>& roles, const RoleContext& context) {
   std::vector<ChildSpec> specs;
@@ -259,6 +266,14 @@ std::vector<ChildSpec> child_specs_for(const std::vector<std::string>& roles, co
     } else if (role == "inference") {
       specs.push_back({role, [inference = context.inference](caf::actor_system& system) {
                          return spawn_inference_batcher(system, inference);
+                       }});
+    } else if (role == "train") {
+      if (context.train.jobs == nullptr || context.train.blobs == nullptr || context.train.directory == nullptr) {
+        spdlog::error("supervisor: role train needs the node's job store, blob store and directory; not started");
+        continue;
+      }
+      specs.push_back({role, [train = context.train](caf::actor_system& system) {
+                         return spawn_job_manager(system, train);
                        }});
     }
   }

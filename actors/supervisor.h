@@ -14,6 +14,7 @@
 #include "actors/inference_batcher.h"
 #include "actors/registry.h"
 #include "actors/restart_policy.h"
+#include "actors/train/job_manager.h"
 #include "runtime/messages/node.h"
 
 namespace cairn {
@@ -29,6 +30,7 @@ struct ChildSpec {
 struct RoleContext {
   RegistryContext registry;  // "registry": both stores must be set
   InferenceContext inference;  // "inference": directory and blobs for registry sources
+  TrainContext train;          // "train": jobs, blobs and directory must be set
 };
 
 // The roles this build can run, by name ("echo", "registry", ...), in the order the node starts them.

@@ -29,6 +29,7 @@
 #include "runtime/version.h"
 #include "storage/blob_store.h"
 #include "storage/kv_store.h"
+#include "storage/job_store.h"
 #include "storage/registry_store.h"
 #include "storage/node_identity.h"
 
@@ -142,6 +143,7 @@ int run_node(const NodeArgs& args) {
   }
   std::vector<std::string> families = storage::registry_families();
   families.emplace_back(storage::kNodeFamily);
+  for (auto& family : storage::job_families()) families.push_back(std::move(family));
   auto store = storage::open_rocks_store({config.data_dir + "/db", families});
   if (!store.ok()) {
     spdlog::error("{}", store.status().message());
@@ -162,6 +164,11 @@ int run_node(const NodeArgs& args) {
   auto blob_store = storage::BlobStore::open(config.data_dir + "/blobs");
   if (!blob_store.ok()) {
     spdlog::error("blob store: {}", blob_store.status().message());
+    return kExitError;
+  }
+  auto job_store = storage::JobStore::open(**store);
+  if (!job_store.ok()) {
+    spdlog::error("job store in {}/db: {}", config.data_dir, job_store.status().message());
     return kExitError;
   }
 
@@ -224,6 +231,13 @@ int run_node(const NodeArgs& args) {
   roles.registry.options.max_chunk_bytes = std::min(roles.registry.options.max_chunk_bytes, config.max_frame_bytes / 2);
   roles.registry.options.default_chunk_bytes =
       std::min(roles.registry.options.default_chunk_bytes, roles.registry.options.max_chunk_bytes);
+  roles.train.jobs = job_store->get();
+  roles.train.blobs = blob_store->get();
+  roles.train.directory = &directory;
+  roles.train.work_dir = config.data_dir + "/train";
+  roles.train.node_name = config.name;
+  roles.train.options.max_jobs = config.train_max_jobs;
+  roles.train.options.max_restarts = config.train_max_restarts;
   configure_inference(config, roles.inference);
   roles.inference.directory = &directory;
   roles.inference.blobs = blob_store->get();
@@ -311,6 +325,7 @@ int run_node(const NodeArgs& args) {
   server.reset();
   http.reset();
   registry_store->reset();
+  job_store->reset();
   blob_store->reset();
   store->reset();  // closes RocksDB: flushed, lock released
   spdlog::info("node stopped");

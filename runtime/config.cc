@@ -464,6 +464,14 @@ std::vector<Setting> make_settings() {
   table.push_back(integer_setting(
       "shutdown.grace_ms", &N::shutdown_grace_ms, 0, kMaxTimeoutMs, Unit::milliseconds,
       "On shutdown, how long in-flight requests get to finish before the node stops."));
+  // train.*
+  table.push_back(integer_setting(
+      "train.max_jobs", &N::train_max_jobs, 1, 1000, Unit::count,
+      "Training jobs that run at once on this node (role train); later submissions wait, queued."));
+  table.push_back(integer_setting(
+      "train.max_restarts", &N::train_max_restarts, 0, 10000, Unit::count,
+      "Times a training job's workers are restarted from its last checkpoint after a failure "
+      "before the job fails."));
   // serve.*
   table.push_back(serve_models_setting());
   table.push_back(integer_setting(

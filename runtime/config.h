@@ -63,6 +63,9 @@ struct NodeConfig {
   uint32_t backoff_max_ms = 10000;     // supervisor.backoff_max_ms
   // shutdown.*
   uint32_t shutdown_grace_ms = 5000;  // shutdown.grace_ms
+  // train.*
+  uint32_t train_max_jobs = 1;      // train.max_jobs: jobs training at once
+  uint32_t train_max_restarts = 3;  // train.max_restarts: per job, from its last checkpoint
   // serve.* (role inference; docs/CONFIG.md)
   std::vector<std::string> serve_models;             // serve.models: "NAME=SOURCE" to load at start
   uint64_t serve_kv_cache_bytes = 256ull << 20;       // serve.kv_cache_bytes, per loaded version

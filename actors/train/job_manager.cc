@@ -288,8 +288,8 @@ void stop_generation(Self self, Job& job, const Status& why) {
 
 // After the generation's threads are all done: the job ends or restarts.
 void end_generation(Self self, Job& job) {
+  if (!job.generation->ending) stop_generation(self, job, Status());
   std::unique_ptr<Generation> gen = std::move(job.generation);
-  if (!gen->ending) stop_generation(self, job, Status());
   if (gen->preparer.joinable()) gen->preparer.join();
   for (auto& thread : gen->workers) thread.join();  // each has sent WorkerDone: about to return
   std::error_code ec;
@@ -571,7 +571,7 @@ void submit(Self self, const CallPtr& call) {
   auto request = call->body<msg::TrainSubmitRequest>();
   if (!request.ok()) return call->fail(request.status());
   const std::string source = request->config_name.empty() ? "job.yaml" : request->config_name;
-  auto yaml = apply_overrides(request->config_yaml, request->overrides, source);
+  auto yaml = apply_train_config_overrides(request->config_yaml, request->overrides);
   if (!yaml.ok()) return call->fail(yaml.status().with_context(call->op()));
   std::vector<ConfigWarning> warnings;
   auto config = parse_train_config(*yaml, source, &warnings);

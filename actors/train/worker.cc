@@ -7,7 +7,6 @@
 #include <sstream>
 
 #include <spdlog/spdlog.h>
-#include <yaml-cpp/yaml.h>
 
 #include "actors/local_call.h"
 #include "actors/train/job_actors.h"
@@ -81,32 +80,6 @@ Result<msg::ModelVersion> get_version(const Directory& directory, const msg::Get
 }  // namespace
 
 std::string cursor_artifact_path(int rank) { return "cairn/data_cursor.rank" + std::to_string(rank) + ".json"; }
-
-// ---- overrides ----
-
-Result<std::string> apply_overrides(const std::string& yaml, const std::vector<std::string>& overrides,
-                                    const std::string& source_name) {
-  if (overrides.empty()) return yaml;
-  try {
-    YAML::Node root = yaml.empty() ? YAML::Node(YAML::NodeType::Map) : YAML::Load(yaml);
-    if (!root.IsMap()) return yaml;  // parse_train_config reports the top level
-    for (const auto& override_text : overrides) {
-      const size_t eq = override_text.find('=');
-      if (eq == std::string::npos || eq == 0) {
-        return Status(Code::invalid_argument, "override \"" + override_text + "\": expected KEY=VALUE");
-      }
-      const std::string key = override_text.substr(0, eq);
-      root[key] = YAML::Load(override_text.substr(eq + 1));
-    }
-    YAML::Emitter out;
-    out << root;
-    return std::string(out.c_str()) + "\n";
-  } catch (const std::exception& e) {
-    // The YAML itself is malformed: parse_train_config names the line and column.
-    (void)source_name;
-    return yaml;
-  }
-}
 
 // ---- prepare ----
 

@@ -72,11 +72,6 @@ struct PrepareRequest {
 Result<PreparedJobPtr> prepare_job(const PrepareRequest& request, const Directory& directory,
                                    storage::BlobStore& blobs, std::chrono::milliseconds registry_timeout);
 
-// Parses "key=value" overrides into the YAML text (top-level keys, values read as YAML).
-// invalid_argument naming the override that is malformed.
-Result<std::string> apply_overrides(const std::string& yaml, const std::vector<std::string>& overrides,
-                                    const std::string& source_name);
-
 // One micro-batch from a data shard, with the shard's cursor after its last row.
 struct ShardBatch {
   std::vector<PackedRow> rows;

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "actors/local_call.h"
 #include "runtime/call.h"
 
 namespace cairn::testing {
@@ -41,11 +42,7 @@ class RecordingSink : public ReplySink {
 template <class Body>
 CallPtr make_call(uint64_t id, const std::string& op, const Body& body, Role role,
                   const std::shared_ptr<RecordingSink>& sink) {
-  std::string frame;
-  protocol::append_request(frame, id, op, wire::encode(body));
-  auto handle = wire::unpack_map(frame.data() + protocol::kHeaderBytes, frame.size() - protocol::kHeaderBytes);
-  const msgpack::object* body_object = wire::find_key(handle->get(), "body");  // lives in the handle's zone
-  return std::make_shared<Call>(id, op, role, std::move(handle).value(), body_object, sink);
+  return make_call_with_sink(id, op, wire::encode(body), role, sink);
 }
 
 }  // namespace cairn::testing

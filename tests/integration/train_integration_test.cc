@@ -1,0 +1,213 @@
+// Training in a real node over the protocol: a tiny job (hidden 32, 2 layers, sequence 32) is
+// submitted with the C++ client and interrupted twice: its trainer actor is killed with
+// node.kill_actor, and the node itself is SIGKILLed after a checkpoint and started again on the same
+// data dir. Each time the job resumes from its last checkpoint and ends with the same parameters as
+// an uninterrupted run of the same config.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+
+#include "cairn/client.h"
+#include "node_process.h"
+#include "runtime/messages/node.h"
+#include "runtime/messages/train.h"
+#include "test_util.h"
+
+namespace cairn::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+const std::string kTokenizer = std::string(CAIRN_SOURCE_DIR) + "/../shared/fixtures/hf/tiny-llama/tokenizer.json";
+constexpr auto kJobTimeout = 300s;
+
+NodeOptions train_node_options() {
+  NodeOptions options;
+  options.config_yaml = "node:\n  roles: [echo, registry, train]\n";
+  return options;
+}
+
+std::string job_yaml(const std::string& data_path) {
+  return "architecture:\n"
+         "  hidden_size: 32\n"
+         "  intermediate_size: 64\n"
+         "  num_hidden_layers: 2\n"
+         "  num_attention_heads: 2\n"
+         "tokenizer: " + kTokenizer + "\n"
+         "datasets:\n"
+         "  - path: " + data_path + "\n"
+         "    type: completion\n"
+         "sequence_len: 32\n"
+         "excess_length_strategy: split\n"
+         "micro_batch_size: 2\n"
+         "learning_rate: 0.01\n"
+         "max_steps: 24\n"
+         "save_steps: 6\n"
+         "logging_steps: 2\n"
+         "seed: 11\n";
+}
+
+std::string completion_jsonl(int lines) {
+  static const char* kWords[] = {"the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "red", "big", "sun"};
+  std::string out;
+  for (int i = 0; i < lines; ++i) {
+    std::string text;
+    for (int w = 0; w < 5 + i % 4; ++w) text += std::string(w ? " " : "") + kWords[(i * 5 + w * 7) % 12];
+    out += "{\"text\": \"" + text + "\"}\n";
+  }
+  return out;
+}
+
+Result<msg::TrainSubmitReply> submit(Client& client, const std::string& yaml, const std::string& name) {
+  msg::TrainSubmitRequest request;
+  request.config_yaml = yaml;
+  request.config_name = name;
+  return client.call_as<msg::TrainSubmitReply>(msg::kTrainSubmit, request, 60s);
+}
+
+// Follows train.logs; wait_checkpoint() returns once a checkpoint was registered.
+class LogFollower {
+ public:
+  LogFollower(Client& client, const std::string& job_id, std::function<void(const msg::TrainLogEvent&)> on_event = {})
+      : state_(std::make_shared<State>()) {
+    msg::TrainLogsRequest request;
+    request.job_id = job_id;
+    request.follow = true;
+    auto state = state_;
+    subscription_ = client.subscribe(
+        msg::kTrainLogs, wire::encode(request),
+        [state, on_event](const std::string& body) {
+          auto event = wire::decode_bytes<msg::TrainLogEvent>(body);
+          if (!event.ok()) return;
+          if (on_event) on_event(*event);
+          std::lock_guard<std::mutex> lock(state->mutex);
+          if (event->kind == "checkpoint") state->checkpoints++;
+          state->cv.notify_all();
+        },
+        [state](const Status&) {
+          std::lock_guard<std::mutex> lock(state->mutex);
+          state->ended = true;
+          state->cv.notify_all();
+        });
+  }
+  bool wait_checkpoint(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(state_->mutex);
+    return state_->cv.wait_for(lock, timeout, [&] { return state_->checkpoints > 0 || state_->ended; }) &&
+           state_->checkpoints > 0;
+  }
+  Status wait_end(std::chrono::milliseconds timeout) { return subscription_->wait(timeout); }
+
+ private:
+  struct State {
+    std::mutex mutex;  // guards the counters
+    std::condition_variable cv;
+    int checkpoints = 0;
+    bool ended = false;
+  };
+  std::shared_ptr<State> state_;
+  std::shared_ptr<Subscription> subscription_;
+};
+
+// Waits for the job to be final (its logs stream ends with it), then reads its status.
+Result<msg::JobStatus> wait_final(Client& client, const std::string& job_id) {
+  LogFollower follower(client, job_id);
+  Status ended = follower.wait_end(kJobTimeout);
+  if (!ended.ok()) return ended;
+  return client.call_as<msg::JobStatus>(msg::kTrainStatus, msg::TrainJobRequest{job_id}, 30s);
+}
+
+class TrainIntegrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    CAIRN_ASSERT_OK(write_file(data_dir_.path("data.jsonl"), completion_jsonl(60)));
+    CAIRN_ASSERT_OK_AND_ASSIGN(node_, NodeProcess::start(train_node_options()));
+    CAIRN_ASSERT_OK_AND_ASSIGN(client_, Client::connect(node_->client_options(Role::admin)));
+  }
+
+  // An uninterrupted run of the job: its final parameters' digest.
+  std::string reference_digest() {
+    auto submitted = submit(*client_, job_yaml(data_dir_.path("data.jsonl")), data_dir_.path("job.yaml"));
+    EXPECT_TRUE(submitted.ok()) << submitted.status().to_string();
+    if (!submitted.ok()) return "";
+    auto final = wait_final(*client_, submitted->job_id);
+    EXPECT_TRUE(final.ok()) << final.status().to_string() << node_->diagnostics();
+    if (!final.ok()) return "";
+    EXPECT_EQ(final->state, "succeeded") << final->reason << node_->diagnostics();
+    EXPECT_EQ(final->step, 24);
+    EXPECT_FALSE(final->parameters_digest.empty());
+    return final->parameters_digest;
+  }
+
+  TempDir data_dir_;
+  std::unique_ptr<NodeProcess> node_;
+  std::unique_ptr<Client> client_;
+};
+
+TEST_F(TrainIntegrationTest, BadConfigIsRejectedOverTheProtocol) {
+  auto submitted = submit(*client_, job_yaml(data_dir_.path("data.jsonl")) + "lora_r: many\n", "job.yaml");
+  ASSERT_FALSE(submitted.ok());
+  EXPECT_EQ(submitted.status().code(), Code::invalid_argument);
+  EXPECT_NE(submitted.status().message().find("lora_r"), std::string::npos) << submitted.status().message();
+}
+
+TEST_F(TrainIntegrationTest, KilledTrainerActorResumesWithTheSameFinalParameters) {
+  const std::string expected = reference_digest();
+  ASSERT_FALSE(expected.empty());
+  auto submitted = submit(*client_, job_yaml(data_dir_.path("data.jsonl")), data_dir_.path("job.yaml"));
+  ASSERT_TRUE(submitted.ok()) << submitted.status().to_string();
+  const std::string trainer = "train/" + submitted->job_id + "/trainer-0";
+  std::atomic<bool> killed{false};
+  Client* client = client_.get();
+  LogFollower follower(*client_, submitted->job_id, [&](const msg::TrainLogEvent& event) {
+    if (event.kind == "checkpoint" && !killed.exchange(true)) {
+      client->call_async(msg::kKillActor, wire::encode(msg::KillActor{trainer}), [](Result<std::string> reply) {
+        EXPECT_TRUE(reply.ok()) << reply.status().to_string();
+      });
+    }
+  });
+  CAIRN_ASSERT_OK(follower.wait_end(kJobTimeout));
+  auto final = client_->call_as<msg::JobStatus>(msg::kTrainStatus, msg::TrainJobRequest{submitted->job_id}, 30s);
+  ASSERT_TRUE(final.ok()) << final.status().to_string();
+  EXPECT_TRUE(killed.load());
+  EXPECT_EQ(final->state, "succeeded") << final->reason << node_->diagnostics();
+  EXPECT_EQ(final->restarts, 1u);
+  EXPECT_EQ(final->parameters_digest, expected);
+}
+
+TEST_F(TrainIntegrationTest, NodeSigkilledAfterACheckpointResumesTheJobOnRestart) {
+  const std::string expected = reference_digest();
+  ASSERT_FALSE(expected.empty());
+  auto submitted = submit(*client_, job_yaml(data_dir_.path("data.jsonl")), data_dir_.path("job.yaml"));
+  ASSERT_TRUE(submitted.ok()) << submitted.status().to_string();
+  {
+    LogFollower follower(*client_, submitted->job_id);
+    ASSERT_TRUE(follower.wait_checkpoint(kJobTimeout)) << node_->diagnostics();
+    ASSERT_TRUE(node_->signal(SIGKILL));
+    auto code = node_->wait_exit();
+    ASSERT_TRUE(code);
+    EXPECT_EQ(*code, 128 + SIGKILL);
+  }
+  client_.reset();
+
+  NodeOptions again = train_node_options();
+  again.data_dir = node_->data_dir();
+  again.admin_token = node_->admin_token();
+  again.client_token = node_->client_token();
+  std::unique_ptr<NodeProcess> restarted;
+  CAIRN_ASSERT_OK_AND_ASSIGN(restarted, NodeProcess::start(again));
+  std::unique_ptr<Client> client;
+  CAIRN_ASSERT_OK_AND_ASSIGN(client, Client::connect(restarted->client_options(Role::client)));
+  auto final = wait_final(*client, submitted->job_id);
+  ASSERT_TRUE(final.ok()) << final.status().to_string() << restarted->diagnostics();
+  EXPECT_EQ(final->state, "succeeded") << final->reason << restarted->diagnostics();
+  EXPECT_EQ(final->restarts, 1u);
+  EXPECT_EQ(final->step, 24);
+  EXPECT_EQ(final->parameters_digest, expected);
+}
+
+}  // namespace
+}  // namespace cairn::testing
