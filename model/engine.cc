@@ -49,6 +49,7 @@ struct Sequence {
   int64_t prompt_length = 0;
   int64_t computed = 0;  // positions whose keys and values are in `blocks`
   std::vector<KvBlockId> blocks;
+  KvBlockId extent = -1;  // its reserved run of consecutive blocks (KvBlockManager), or -1
   std::vector<uint64_t> block_hashes;  // chain hashes of the first blocks (full, computed)
   int64_t cached_prompt_tokens = -1;   // set when first scheduled
   std::unordered_map<int64_t, int64_t> output_counts;  // for penalties
@@ -181,6 +182,8 @@ struct InferenceEngine::Impl {
   }
 
   void free_blocks(Sequence& seq) {
+    if (seq.extent >= 0) blocks->release_extent(seq.extent);
+    seq.extent = -1;
     blocks->release(seq.blocks);
     seq.blocks.clear();
     seq.block_hashes.clear();
@@ -222,7 +225,9 @@ struct InferenceEngine::Impl {
   void grow(Sequence& seq, int64_t upto) {
     const int64_t want = (upto + options.block_size - 1) / options.block_size - static_cast<int64_t>(seq.blocks.size());
     if (want <= 0) return;
-    auto got = blocks->allocate(want);
+    // The block after its last one (or its extent's first), to keep its blocks consecutive.
+    const KvBlockId next = seq.blocks.empty() ? seq.extent : seq.blocks.back() + 1;
+    auto got = blocks->allocate(want, next);
     seq.blocks.insert(seq.blocks.end(), got->begin(), got->end());
   }
 
@@ -293,6 +298,11 @@ struct InferenceEngine::Impl {
       Sequence& seq = *waiting.front();
       const bool first = seq.cached_prompt_tokens < 0;
       const int64_t hit = lookup_prefix(seq);
+      if (hit == 0) {
+        // Room to grow to its longest in consecutive blocks, when the pool has it.
+        const int64_t longest = seq.prompt_length + seq.request.max_tokens - 1;
+        seq.extent = blocks->reserve_extent((longest + options.block_size - 1) / options.block_size).value_or(-1);
+      }
       const int64_t chunk = std::min({seq.needed(), budget, capacity(seq)});
       if (chunk < 1) {
         free_blocks(seq);
@@ -329,12 +339,19 @@ struct InferenceEngine::Impl {
       ps.length = item.chunk;
       ps.past = seq.computed;
       const int64_t total = seq.computed + item.chunk;
-      ps.gather_offset = static_cast<int64_t>(gather_slots.size());
-      for (int64_t p = 0; p < total; ++p) gather_slots.push_back(seq.blocks[p / bs] * bs + p % bs);
+      const int64_t used_blocks = (total + bs - 1) / bs;
+      bool consecutive = true;
+      for (int64_t b = 1; b < used_blocks && consecutive; ++b) consecutive = seq.blocks[b] == seq.blocks[0] + b;
+      if (consecutive) {
+        ps.pool_offset = static_cast<int64_t>(seq.blocks[0]) * bs;
+      } else {
+        ps.gather_offset = static_cast<int64_t>(gather_slots.size());
+        for (int64_t p = 0; p < total; ++p) gather_slots.push_back(seq.blocks[p / bs] * bs + p % bs);
+      }
       for (int64_t p = seq.computed; p < total; ++p) {
         ids.push_back(seq.tokens[p]);
         positions.push_back(p);
-        new_slots.push_back(gather_slots[ps.gather_offset + p]);
+        new_slots.push_back(seq.blocks[p / bs] * bs + p % bs);
       }
       paged.sequences.push_back(ps);
       const bool needs_logits = total == static_cast<int64_t>(seq.tokens.size());

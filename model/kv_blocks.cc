@@ -41,20 +41,62 @@ uint64_t kv_block_salt(std::string_view adapter) {
 
 KvBlockManager::KvBlockManager(int64_t num_blocks, int64_t block_size)
     : block_size_(block_size), blocks_(static_cast<size_t>(num_blocks)) {
-  free_.reserve(blocks_.size());
-  // Popped from the back: hand out low ids first.
-  for (int64_t i = num_blocks - 1; i >= 0; --i) free_.push_back(static_cast<KvBlockId>(i));
+  for (int64_t i = 0; i < num_blocks; ++i) free_.insert(free_.end(), static_cast<KvBlockId>(i));
 }
 
-std::optional<std::vector<KvBlockId>> KvBlockManager::allocate(int64_t count) {
+bool KvBlockManager::in_extent(KvBlockId block) const {
+  auto it = extents_.upper_bound(block);
+  if (it == extents_.begin()) return false;
+  --it;
+  return block < it->first + it->second;
+}
+
+KvBlockId KvBlockManager::take_free(KvBlockId next) {
+  auto it = next >= 0 ? free_.find(next) : free_.end();
+  if (it == free_.end()) {
+    it = std::find_if(free_.begin(), free_.end(), [&](KvBlockId id) { return !in_extent(id); });
+    if (it == free_.end()) it = free_.begin();
+  }
+  const KvBlockId id = *it;
+  free_.erase(it);
+  return id;
+}
+
+std::optional<KvBlockId> KvBlockManager::reserve_extent(int64_t length) {
+  if (length < 1) return std::nullopt;
+  int64_t run = 0;
+  KvBlockId start = -1, previous = -1;
+  for (KvBlockId id : free_) {
+    if (in_extent(id)) {
+      run = 0;
+      continue;
+    }
+    if (run > 0 && id == previous + 1) {
+      ++run;
+    } else {
+      start = id;
+      run = 1;
+    }
+    previous = id;
+    if (run == length) {
+      extents_.emplace(start, length);
+      return start;
+    }
+  }
+  return std::nullopt;
+}
+
+void KvBlockManager::release_extent(KvBlockId start) { extents_.erase(start); }
+
+std::optional<std::vector<KvBlockId>> KvBlockManager::allocate(int64_t count, KvBlockId next) {
   if (count < 0 || count > available()) return std::nullopt;
   std::vector<KvBlockId> out;
   out.reserve(static_cast<size_t>(count));
   for (int64_t i = 0; i < count; ++i) {
     KvBlockId id;
     if (!free_.empty()) {
-      id = free_.back();
-      free_.pop_back();
+      id = take_free(next);
+      next = id + 1;
     } else {
       id = lru_.front();
       lru_.pop_front();
@@ -75,7 +117,7 @@ void KvBlockManager::release(const std::vector<KvBlockId>& blocks) {
     if (block.published) {
       block.lru = lru_.insert(lru_.end(), *it);
     } else {
-      free_.push_back(*it);
+      free_.insert(*it);
     }
   }
 }

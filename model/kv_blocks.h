@@ -12,7 +12,9 @@
 
 #include <cstdint>
 #include <list>
+#include <map>
 #include <optional>
+#include <set>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
@@ -48,11 +50,21 @@ class KvBlockManager {
   int64_t cached() const { return static_cast<int64_t>(lru_.size()); }
   // Blocks allocate() can hand out now: free + cached.
   int64_t available() const { return static_cast<int64_t>(free_.size()) + cached(); }
+  int64_t free_blocks() const { return static_cast<int64_t>(free_.size()); }
 
-  // `count` blocks, each with reference count 1, taken from the free list first and then by
-  // evicting the least recently released cached blocks; nullopt (nothing taken) when fewer than
-  // `count` are available.
-  std::optional<std::vector<KvBlockId>> allocate(int64_t count);
+  // `count` blocks, each with reference count 1; nullopt (nothing taken) when fewer than `count`
+  // are available. Each is block `next` (then next + 1, ...) when that one is free, so a sequence
+  // that asks for the block after its last one keeps its blocks consecutive (attention then reads
+  // them in place, without a gather); else the lowest free block outside every extent, else any
+  // free block, and only then the least recently released cached block, evicted.
+  std::optional<std::vector<KvBlockId>> allocate(int64_t count, KvBlockId next = -1);
+
+  // Extents: soft reservations that let a sequence grow into consecutive blocks. Finds the lowest
+  // run of `blocks` free blocks overlapping no other extent, records it and returns its first
+  // block; nullopt when there is none. Other sequences take blocks inside an extent only when no
+  // other free block is left.
+  std::optional<KvBlockId> reserve_extent(int64_t blocks);
+  void release_extent(KvBlockId start);
   // Drops one reference to each block, last block first (so a sequence's tail is evicted before
   // its head). A block that reaches zero goes to the cache when published, else to the free list.
   void release(const std::vector<KvBlockId>& blocks);
@@ -79,10 +91,13 @@ class KvBlockManager {
     std::list<KvBlockId>::iterator lru;  // valid while cached (published, refs == 0)
   };
   void unpublish(KvBlockId block);
+  bool in_extent(KvBlockId block) const;
+  KvBlockId take_free(KvBlockId next);
 
   int64_t block_size_;
   std::vector<Block> blocks_;
-  std::vector<KvBlockId> free_;  // popped from the back
+  std::set<KvBlockId> free_;
+  std::map<KvBlockId, int64_t> extents_;  // first block -> length
   std::list<KvBlockId> lru_;     // front: released longest ago
   std::unordered_map<uint64_t, KvBlockId> by_hash_;
   int64_t used_ = 0;

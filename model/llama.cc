@@ -538,9 +538,13 @@ Result<at::Tensor> LlamaModel::forward_paged(const PagedBatch& batch) const {
       at::Tensor& pool_values = batch.pool->values[i];
       pool_keys.index_copy_(0, batch.new_slots, k);
       pool_values.index_copy_(0, batch.new_slots, v);
-      // Every sequence's keys and values in one gather, [sum of totals, kv_heads, head_dim].
-      at::Tensor keys = pool_keys.index_select(0, batch.gather_slots);
-      at::Tensor values = pool_values.index_select(0, batch.gather_slots);
+      // The keys and values of sequences whose blocks are not consecutive, in one gather:
+      // [sum of their totals, kv_heads, head_dim]. The others read the pool in place.
+      at::Tensor keys, values;
+      if (batch.gather_slots.numel() > 0) {
+        keys = pool_keys.index_select(0, batch.gather_slots);
+        values = pool_values.index_select(0, batch.gather_slots);
+      }
       // Each sequence's attention as forward() computes it for one sequence with a cache: the same
       // layouts and the same batched matmuls over its kv heads.
       for (size_t s = 0; s < batch.sequences.size(); ++s) {
@@ -550,8 +554,12 @@ Result<at::Tensor> LlamaModel::forward_paged(const PagedBatch& batch) const {
                             .view({length, kv_heads, group, head_dim})
                             .permute({1, 2, 0, 3})
                             .reshape({kv_heads, group * length, head_dim});
-        at::Tensor sk = keys.narrow(0, seq.gather_offset, total).permute({1, 0, 2});  // [kv_heads, total, head_dim]
-        at::Tensor sv = values.narrow(0, seq.gather_offset, total).permute({1, 0, 2});
+        const bool in_place = seq.pool_offset >= 0;
+        at::Tensor sk = (in_place ? pool_keys.narrow(0, seq.pool_offset, total) : keys.narrow(0, seq.gather_offset, total))
+                            .permute({1, 0, 2});  // [kv_heads, total, head_dim]
+        at::Tensor sv =
+            (in_place ? pool_values.narrow(0, seq.pool_offset, total) : values.narrow(0, seq.gather_offset, total))
+                .permute({1, 0, 2});
         at::Tensor scores = at::bmm(sq, sk.transpose(1, 2));
         scores.mul_(scale);
         if (length > 1) {

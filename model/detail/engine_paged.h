@@ -25,7 +25,10 @@ struct PagedSequence {
   int64_t token_offset = 0;
   int64_t length = 0;
   int64_t past = 0;
-  // Where its past + length positions start in PagedBatch::gather_slots.
+  // When its blocks are consecutive in the pool: the slot of its position 0, so attention reads the
+  // pool in place. Otherwise -1, and its past + length slots start at gather_offset in
+  // PagedBatch::gather_slots.
+  int64_t pool_offset = -1;
   int64_t gather_offset = 0;
 };
 
@@ -42,7 +45,8 @@ struct PagedBatch {
   at::Tensor input_ids;  // [tokens] int64
   at::Tensor positions;  // [tokens] int64 RoPE positions
   at::Tensor new_slots;  // [tokens] int64: where each token's keys and values are written
-  // int64: the pool slots of every position (past and new) of each sequence in turn.
+  // int64: the pool slots of every position (past and new) of each sequence read by gathering
+  // (pool_offset -1), in turn; may be empty.
   at::Tensor gather_slots;
   std::vector<PagedSequence> sequences;
   // int64 rows whose logits are returned (in this order).

@@ -123,5 +123,33 @@ TEST(KvBlocksTest, ReleaseOrderPutsTheTailFirstInLine) {
   EXPECT_TRUE(blocks.lookup(0, t.data(), 0).has_value());
 }
 
+TEST(KvBlocksTest, ExtentsKeepEachSequenceConsecutive) {
+  KvBlockManager blocks(10, 4);
+  auto a_start = blocks.reserve_extent(4);
+  auto b_start = blocks.reserve_extent(4);
+  ASSERT_TRUE(a_start && b_start);
+  EXPECT_EQ(*a_start, 0);
+  EXPECT_EQ(*b_start, 4);
+  EXPECT_FALSE(blocks.reserve_extent(3).has_value());  // only 2 blocks outside extents
+  // Two sequences growing one block at a time, interleaved, each asking for the block after its last.
+  std::vector<KvBlockId> a, b;
+  for (int i = 0; i < 4; ++i) {
+    a.push_back((*blocks.allocate(1, a.empty() ? *a_start : a.back() + 1))[0]);
+    b.push_back((*blocks.allocate(1, b.empty() ? *b_start : b.back() + 1))[0]);
+  }
+  EXPECT_EQ(a, (std::vector<KvBlockId>{0, 1, 2, 3}));
+  EXPECT_EQ(b, (std::vector<KvBlockId>{4, 5, 6, 7}));
+  // Without a hint: the lowest free block outside every extent; past a full extent, any free one.
+  blocks.release(a);
+  blocks.release_extent(*a_start);
+  auto c_start = blocks.reserve_extent(2);
+  ASSERT_TRUE(c_start.has_value());
+  EXPECT_EQ(*c_start, 0);
+  auto any = blocks.allocate(3);
+  ASSERT_TRUE(any.has_value());
+  EXPECT_EQ(*any, (std::vector<KvBlockId>{2, 3, 8}));
+  EXPECT_EQ(blocks.available(), 3);
+}
+
 }  // namespace
 }  // namespace cairn
