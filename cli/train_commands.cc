@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
@@ -197,7 +198,8 @@ class ProgressView {
       note("checkpoint: " + checkpoint_text(s.last_checkpoint));
     }
     if (s.eval_loss != last_.eval_loss && s.eval_loss > 0) {
-      note("eval at step " + std::to_string(s.step) + ": loss " + fixed(s.eval_loss, 4));
+      // The status's step is that of the last logging step, not necessarily the evaluation's.
+      note("eval loss " + fixed(s.eval_loss, 4) + " (perplexity " + fixed(std::exp(s.eval_loss), 1) + ")");
     }
     if (tty_) {
       draw(s);
