@@ -267,6 +267,12 @@ Status Trainer::Impl::validate_and_setup() {
   } catch (const std::exception&) {
     return error(Code::invalid_argument, "trainer: device \"" + o.device + "\": expected \"cpu\", \"cuda\" or \"cuda:N\"");
   }
+  if (o.world_size > 1 && !device.is_cpu()) {
+    // Collective::all_reduce_sum takes host floats; device gradients need the NCCL communicator.
+    return error(Code::invalid_argument, "trainer: data-parallel training on device \"" + o.device +
+                                             "\" is not supported yet (gradients are reduced as host floats); "
+                                             "use num_workers: 1 or device: cpu");
+  }
   if (config.fp16) {
     return error(Code::invalid_argument, "fp16: float16 training is not supported (it needs loss scaling); use bf16 on a GPU");
   }

@@ -46,7 +46,10 @@ struct TrainerOptions {
   // Sums gradients across ranks. Not owned; must outlive the Trainer. May be null only when
   // world_size is 1.
   Collective* collective = nullptr;
-  // A libtorch device string: "cpu", "cuda", "cuda:1".
+  // A libtorch device string: "cpu", "cuda", "cuda:1". A CUDA device trains one rank only (the
+  // all-reduce works on host floats), and is where bf16 is allowed: the config's bf16 then keeps
+  // weights, gradients and optimizer state in bfloat16 (no float32 master copy; softmax, norms and
+  // the loss compute in float32). On CPU bf16: true is refused, "auto" means float32.
   std::string device = "cpu";
   // Gradient bytes per all-reduce bucket. Smaller buckets start communicating earlier in the
   // backward pass; larger ones cost fewer calls. Default 25 MiB (DDP's).
