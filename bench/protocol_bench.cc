@@ -2,7 +2,9 @@
 //
 // In one run it starts a real node, measures
 //   - round-trip latency (p50, p99): raw TCP ping-pong (the floor), node.ping (answered on the node's
-//     I/O thread) and node.echo (through the echo actor), all through the C++ client;
+//     I/O thread) and node.echo (through the echo actor) through the C++ client's blocking call, and
+//     node.ping over a bare blocking socket (the node's share, without the client library); every
+//     figure takes the same number of round trips after the same warm-up, round by round in turn;
 //   - pipelined throughput (req/s): raw TCP with many small messages in flight (the floor), node.ping
 //     and node.echo on one connection, node.ping over several connections;
 //   - the node's resident memory when idle and after the load,
@@ -581,15 +583,20 @@ std::string throughput_ratio(double a, double b) { return b > 0 ? fixed(a / b, 2
 // The rows shared by the terminal table and the markdown section: {name, value, comparison}.
 std::vector<std::vector<std::string>> rows(const Figures& f, const BenchOptions& options) {
   auto ratio = [](double a, double b) { return b > 0 ? fixed(a / b, 2) + "x raw" : std::string("-"); };
-  auto latency = [&](const char* name, const Latency& l, bool compare) {
+  // What the client library adds to the node's share of a round trip.
+  auto vs_bare = [&](const Latency& l) {
+    return f.direct_ping.p50_us > 0 ? ", p50 " + fixed(l.p50_us / f.direct_ping.p50_us, 2) + "x bare socket"
+                                    : std::string();
+  };
+  auto latency = [&](const char* name, const Latency& l, bool compare, std::string extra = {}) {
     return std::vector<std::string>{
         name, "p50 " + fixed(l.p50_us, 1) + " us, p99 " + fixed(l.p99_us, 1) + " us (mean " + fixed(l.mean_us, 1) + ")",
-        compare ? "p50 " + ratio(l.p50_us, f.raw.p50_us) + ", p99 " + ratio(l.p99_us, f.raw.p99_us) : ""};
+        compare ? "p50 " + ratio(l.p50_us, f.raw.p50_us) + ", p99 " + ratio(l.p99_us, f.raw.p99_us) + extra : ""};
   };
   const std::string conns = std::to_string(options.connections) + " conns";
   return {
       latency("raw TCP ping-pong", f.raw, false),
-      latency("node.ping round trip", f.ping, true),
+      latency("node.ping round trip", f.ping, true, vs_bare(f.ping)),
       latency("node.ping, bare socket (no client lib)", f.direct_ping, true),
       latency("node.echo round trip", f.echo, true),
       {"raw TCP pipelined, 1 msg/send", rate(f.raw_pipelined_single) + " msg/s", ""},
@@ -639,6 +646,7 @@ std::string markdown(const Figures& f, const BenchOptions& options, const Machin
      << " rounds (median per round); " << options.requests
      << " pipelined requests, window " << options.window << ", median of " << options.repeat << " runs.";
   if (options.node_binary != CAIRN_BINARY) md << " Node binary: " << options.node_binary << ".";
+  if (const char* io_threads = std::getenv("CAIRN_NODE_IO_THREADS")) md << " CAIRN_NODE_IO_THREADS=" << io_threads << ".";
   md << "\n\n"
      << "| figure | value | vs raw TCP |\n| --- | --- | --- |\n";
   for (const auto& row : rows(f, options)) md << "| " << row[0] << " | " << row[1] << " | " << row[2] << " |\n";

@@ -68,6 +68,8 @@ class Client {
   Client& operator=(const Client&) = delete;
 
   // Sends a request and waits for its final reply. `body` is an encoded msgpack map or empty.
+  // On a plain-TCP connection with nothing else in flight, the calling thread writes the request
+  // and reads the reply itself (no hand-off to the I/O thread); otherwise the I/O thread does.
   Result<std::string> call(std::string_view op, std::string body = {},
                            std::optional<std::chrono::milliseconds> timeout = std::nullopt);
   void call_async(std::string_view op, std::string body, ReplyCallback done,
