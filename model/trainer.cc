@@ -455,7 +455,11 @@ Result<at::Tensor> Trainer::Impl::loss_of(const BatchTensors& batch) const {
   auto hidden = model->forward(input);
   if (!hidden.ok()) return hidden.status();
   at::Tensor flat = hidden->reshape({-1, hidden->size(-1)}).index_select(0, batch.positions);
-  return detail::summed_cross_entropy(flat, *head, batch.targets, options.loss_chunk_tokens, model->training());
+  constexpr int64_t kChunkLogits = int64_t{4} << 20;  // floats: 16 MiB
+  const int64_t chunk = options.loss_chunk_tokens > 0
+                            ? options.loss_chunk_tokens
+                            : std::max<int64_t>(64, kChunkLogits / model->config().vocab_size);
+  return detail::summed_cross_entropy(flat, *head, batch.targets, chunk, model->training());
 }
 
 std::string Trainer::Impl::digest_of(const std::vector<std::pair<std::string, at::Tensor>>& tensors) const {
