@@ -611,6 +611,7 @@ void submit(Self self, ServedModel& model, const CallPtr& call, const msg::Compl
   er.stop_token_ids = request->stop_token_ids;
   er.ignore_eos = request->ignore_eos;
   er.logprobs = request->logprobs;
+  er.adapter = request->adapter;
   const auto timeout = request->timeout_ms > 0 ? std::chrono::milliseconds(request->timeout_ms)
                                                : st.context.options.request_timeout;
   if (timeout.count() > 0) er.deadline = Clock::now() + timeout;
@@ -657,6 +658,14 @@ void serve_generation(Self self, const CallPtr& call) {
   auto request = call->body<msg::CompletionRequest>();
   if (!request.ok()) return call->fail(request.status());
   auto it = st.models.find(request->model);
+  if (auto colon = request->model.rfind(':'); it == st.models.end() && colon != std::string::npos) {
+    // NAME:ADAPTER selects one of NAME's adapters.
+    it = st.models.find(request->model.substr(0, colon));
+    if (it != st.models.end()) {
+      request->adapter = request->model.substr(colon + 1);
+      request->model = it->first;
+    }
+  }
   if (it == st.models.end()) {
     return call->fail(Status(Code::not_found, call->op() + ": no model named \"" + request->model +
                                                   "\" is served (serving: " + served_names(st) + ")"));

@@ -44,7 +44,10 @@ struct InferChatMessage {
 // options; a prompt as long as the context); not_found for an unknown model; overloaded when the
 // model's queue (serve.max_queue) is full; timeout when timeout_ms passes first.
 struct CompletionRequest {
-  std::string model;  // a served name (infer.models)
+  // A served name (infer.models), or NAME:ADAPTER for one of its LoRA adapters (infer.load's
+  // adapters), as vLLM names adapters by model; `adapter` selects one too.
+  std::string model;
+  std::string adapter;  // "" = the base model
   // infer.completions: the prompt as text, or as token ids (prompt_ids wins when not empty).
   std::string prompt;
   std::vector<int64_t> prompt_ids;
@@ -73,6 +76,7 @@ struct CompletionRequest {
   template <class V>
   void fields(V& v) {
     v("model", model);
+    v.optional("adapter", adapter);
     v.optional("prompt", prompt);
     v.optional("prompt_ids", prompt_ids);
     v.optional("messages", messages);
@@ -178,7 +182,7 @@ struct CompletionReply {
 };
 
 struct InferAdapter {
-  std::string name;    // what requests select (not yet exposed by the HTTP API)
+  std::string name;    // what requests select: `adapter`, or model "NAME:ADAPTER"
   std::string source;  // a local PEFT adapter folder
   template <class V>
   void fields(V& v) {

@@ -441,6 +441,32 @@ TEST_F(ServeTest, MetricsArePrometheusTextPerModel) {
   }
 }
 
+TEST_F(ServeTest, LoraAdaptersLoadedAtRunTimeAreSelectedPerRequest) {
+  std::unique_ptr<Client> admin;
+  CAIRN_ASSERT_OK_AND_ASSIGN(admin, Client::connect(node_->client_options(Role::admin)));
+  msg::InferLoadRequest load;
+  load.name = "tl";
+  load.source = fixture_dir();
+  load.adapters = {{"lora", std::string(CAIRN_SOURCE_DIR) + "/../shared/fixtures/hf/tiny-llama-lora"}};
+  auto loaded = admin->call_as<msg::InferModel>(msg::kInferLoad, load, 60s);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().to_string() << node_->diagnostics();
+  EXPECT_EQ(loaded->adapters, std::vector<std::string>{"lora"});
+  auto request = greedy("Adapters change", 16);
+  request.model = "tl";
+  const auto base = complete(request);
+  request.model = "tl:lora";
+  const auto by_name = complete(request);
+  request.model = "tl";
+  request.adapter = "lora";
+  const auto by_field = complete(request);
+  EXPECT_EQ(by_name.token_ids, by_field.token_ids);
+  EXPECT_NE(base.token_ids, by_name.token_ids) << "the adapter changed nothing";
+  request.adapter = "nope";
+  auto unknown = call_status(*client_, msg::kInferCompletions, wire::encode(request));
+  EXPECT_EQ(unknown.code(), Code::not_found) << unknown.to_string();
+  CAIRN_ASSERT_OK(call_status(*admin, msg::kInferUnload, wire::encode(msg::InferUnloadRequest{"tl"})));
+}
+
 TEST(ServeOverload, PastTheQueueRequestsGet429AtOnce) {
   NodeOptions options;
   options.extra_args = {"--serve", "tiny=" + fixture_dir()};
