@@ -218,7 +218,6 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     Status connection_error;  // a connection-level error the node sent before closing
     size_t begin = 0;
     size_t end = 0;
-    if (direct_in.size() < kMinReadSpace) direct_in.resize(4 * kMinReadSpace);
     while (!result && lost.ok()) {
       auto frame = first_frame(direct_in.data() + begin, end - begin, channel.max_frame_bytes());
       if (!frame.ok()) {
@@ -245,15 +244,13 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
         begin += frame->size;
         continue;
       }
-      if (begin == end) begin = end = 0;
-      if (direct_in.size() - begin < std::max(frame->size, kMinReadSpace)) {
+      // Room for the whole of this frame, and for at least kMinReadSpace more bytes.
+      if (begin > 0) {
         std::memmove(direct_in.data(), direct_in.data() + begin, end - begin);
         end -= begin;
         begin = 0;
-        if (direct_in.size() - end < kMinReadSpace || direct_in.size() < frame->size) {
-          direct_in.resize(std::max(end + kMinReadSpace, frame->size));
-        }
       }
+      direct_in.resize(std::max({direct_in.size(), end + kMinReadSpace, frame->size}));
       if (!wait_ready(fd, POLLIN, deadline)) {
         result = timed_out(op);
         break;
