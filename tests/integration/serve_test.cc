@@ -425,6 +425,22 @@ TEST_F(ServeTest, BadRequestsGetClear4xxInOpenAisShape) {
   EXPECT_EQ(post("/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 1}}).status, 200);
 }
 
+TEST_F(ServeTest, RequestsPastTheirTimeoutEndWithTimeout) {
+  auto request = greedy("slow", 250);
+  request.timeout_ms = 1;
+  auto status = call_status(*client_, msg::kInferCompletions, wire::encode(request));
+  EXPECT_EQ(status.code(), Code::timeout) << status.to_string();
+  auto socket = Socket::connect(node_->http_port());
+  ASSERT_TRUE(socket.ok());
+  Json body = {{"model", "tiny"}, {"prompt", "slow"}, {"max_tokens", 250}, {"ignore_eos", true}};
+  std::string text = http_request_text("POST", "/v1/completions", body.dump(), node_->client_token());
+  text.insert(text.find("\r\n") + 2, "X-Cairn-Timeout-Ms: 1\r\n");
+  CAIRN_ASSERT_OK((*socket)->write(text));
+  std::string reply = (*socket)->read_to_end(Clock::now() + kIo);
+  EXPECT_EQ(reply.rfind("HTTP/1.1 504", 0), 0u) << reply;
+  EXPECT_NE(reply.find("\"code\":\"timeout\""), std::string::npos) << reply;
+}
+
 TEST_F(ServeTest, MetricsArePrometheusTextPerModel) {
   complete(greedy("metrics", 4));
   auto metrics = http(node_->http_port(), "GET", "/metrics", "", "");
