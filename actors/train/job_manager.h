@@ -2,8 +2,10 @@
 // runtime/messages/train.h, keeps every job in the node's JobStore, and runs each job as a set of
 // actors it spawns and supervises (actors/train/job_actors.h):
 //   one data-shard actor per worker: owns its BatchStream shard, serves micro-batches on request;
-//   one trainer actor per worker: owns a thread that runs the Trainer's blocking compute, fed by
-//     its shard with credits (at most TrainOptions::prefetch_batches in flight or queued);
+//   one trainer actor per worker: feeds the worker's thread (which runs the Trainer's blocking
+//     compute) from its shard with credits (at most TrainOptions::prefetch_batches requested or
+//     queued). The job manager owns the thread, not the actor: a killed actor cannot join it, and
+//     the job manager must join every thread before the node's stores go away;
 //   one param-sync actor per job: owns the job's Collective links, aborts them when a worker dies.
 //
 // Contracts:
