@@ -116,6 +116,7 @@ struct InferenceEngine::Impl {
 
   // Held by step() around the forward pass and by adapter loading (which attaches to the model).
   std::mutex model_mutex;
+  std::atomic<uint64_t> adapter_loads{0};
 
   Status init(const EngineOptions& engine_options) {
     CAIRN_RETURN_IF_ERROR(engine_options.validate());
@@ -662,7 +663,8 @@ Status InferenceEngine::load_adapter(const std::string& name, const std::string&
   }
   auto adapter = std::make_shared<Adapter>();
   adapter->name = name;
-  adapter->salt = kv_block_salt(name);
+  // Salted per load, so blocks cached under an earlier adapter of the same name never match.
+  adapter->salt = kv_block_salt(name + "#" + std::to_string(m.adapter_loads.fetch_add(1)));
   {
     // load_lora attaches to the model's layers; take the weights off again so the base stays bare
     // and each request chooses its adapter.
