@@ -34,7 +34,7 @@ def run_rank(rank, a, result_queue):
     rows = torch_peer.Rows(a, shard=rank, shards=a.world)
     # Every rank starts each timed step together, so step times are the job's.
     dist.barrier()
-    losses, seconds = torch_peer.train_steps(a, ddp, rows, optimizer, params)
+    losses, seconds, cpu_seconds = torch_peer.train_steps(a, ddp, rows, optimizer, params)
     dist.barrier()
     if rank == 0:
         tokens = a.micro_batch * a.seq * a.world
@@ -42,7 +42,9 @@ def run_rank(rank, a, result_queue):
             "peer": "torch-ddp-gloo", "torch": torch.__version__, "world": a.world,
             "threads_per_rank": torch.get_num_threads(), "parameters": sum(p.numel() for p in params),
             "tokens_per_step": tokens, "step_seconds": seconds,
-            "tokens_per_s": tokens * len(seconds) / sum(seconds), "losses": losses,
+            "tokens_per_s": tokens * len(seconds) / sum(seconds),
+            # rank 0's own rows per second of rank 0's CPU time
+            "tokens_per_cpu_s": a.micro_batch * a.seq * len(seconds) / cpu_seconds, "losses": losses,
         })
 
 

@@ -255,9 +255,13 @@ def make_model(a):
 
 
 def train_steps(a, model, rows, optimizer, params, on_step_done=None):
-    """Warmup + timed steps; returns (losses, step_seconds of the timed steps)."""
+    """Warmup + timed steps; returns (losses, step_seconds of the timed steps, CPU seconds of this
+    process over the timed steps: every thread, so a figure that load on the machine barely moves)."""
     losses, seconds = [], []
+    cpu_start = 0.0
     for step in range(a.warmup + a.steps):
+        if step == a.warmup:
+            cpu_start = time.process_time()
         start = time.perf_counter()
         ids, labels, pos, seg = rows.batch()
         loss = model(ids, pos, seg, labels)
@@ -271,7 +275,7 @@ def train_steps(a, model, rows, optimizer, params, on_step_done=None):
             on_step_done()
         if step >= a.warmup:
             seconds.append(time.perf_counter() - start)
-    return losses, seconds
+    return losses, seconds, time.process_time() - cpu_start
 
 
 def main():
@@ -281,13 +285,14 @@ def main():
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=a.weight_decay)
     rows = Rows(a)
-    losses, seconds = train_steps(a, model, rows, optimizer, params)
+    losses, seconds, cpu_seconds = train_steps(a, model, rows, optimizer, params)
     tokens = a.micro_batch * a.seq
     print(json.dumps({
         "peer": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in params),
         "tokens_per_step": tokens, "step_seconds": seconds,
         "tokens_per_s": tokens * len(seconds) / sum(seconds),
+        "tokens_per_cpu_s": tokens * len(seconds) / cpu_seconds,
         "losses": losses,
     }))
 
