@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cluster/detail/mlflow_json.h"
+#include "cluster/detail/http_calls.h"
 #include "runtime/call.h"
 #include "runtime/messages/registry.h"
 #include "runtime/protocol.h"
@@ -441,20 +442,6 @@ Result<Json> parameters(const HttpRequest& request, DecodeOptions& options) {
   return body;
 }
 
-// A Call for `op` with `body` (encoded msgpack), shaped as the transport would make it.
-Result<CallPtr> make_call(const std::string& op, Role role, const std::string& body,
-                          const std::shared_ptr<HttpReplySink>& sink) {
-  static std::atomic<uint64_t> next_id{1};
-  const uint64_t id = next_id.fetch_add(1, std::memory_order_relaxed);
-  std::string frame;
-  protocol::append_request(frame, id, op, body);
-  auto handle = wire::unpack_map(frame.data() + protocol::kHeaderBytes, frame.size() - protocol::kHeaderBytes);
-  if (!handle.ok()) return handle.status().with_context(op);
-  const msgpack::object* body_object = wire::find_key(handle->get(), "body");  // lives in the handle's zone
-  return std::make_shared<Call>(id, op, role, std::move(handle).value(), body_object,
-                                std::weak_ptr<ReplySink>(sink), std::string(kClientName));
-}
-
 void serve(const std::shared_ptr<const Endpoint>& endpoint, Dispatcher& dispatcher, const TokenStore& tokens,
            const HttpRequest& request, const HttpResponder& responder) {
   auto token = credentials(request);
@@ -477,7 +464,7 @@ void serve(const std::shared_ptr<const Endpoint>& endpoint, Dispatcher& dispatch
     return;
   }
   auto sink = HttpReplySink::create(responder, endpoint);
-  auto call = make_call(endpoint->op, role, *body, sink);
+  auto call = detail::make_http_call(endpoint->op, role, *body, sink, kClientName);
   if (!call.ok()) {
     sink->send_error(0, call.status());
     return;

@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cluster/detail/http_calls.h"
 #include "runtime/call.h"
 #include "runtime/protocol.h"
 #include "runtime/wire.h"
@@ -466,19 +467,6 @@ class OpenAiSink final : public ReplySink {
 
 // ---- plumbing ----
 
-Result<CallPtr> make_call(const std::string& op, Role role, const std::string& body,
-                          const std::shared_ptr<ReplySink>& sink) {
-  static std::atomic<uint64_t> next_id{1};
-  const uint64_t id = next_id.fetch_add(1, std::memory_order_relaxed);
-  std::string frame;
-  protocol::append_request(frame, id, op, body);
-  auto handle = wire::unpack_map(frame.data() + protocol::kHeaderBytes, frame.size() - protocol::kHeaderBytes);
-  if (!handle.ok()) return handle.status().with_context(op);
-  const msgpack::object* body_object = wire::find_key(handle->get(), "body");  // lives in the handle's zone
-  return std::make_shared<Call>(id, op, role, std::move(handle).value(), body_object, std::weak_ptr<ReplySink>(sink),
-                                std::string(kClientName));
-}
-
 // The role of the request's Bearer token, or the 401 to answer.
 Result<Role> authenticate(const HttpRequest& request, const TokenStore& tokens) {
   auto header = request.headers.find("authorization");
@@ -527,7 +515,7 @@ void serve_generation(Api api, Dispatcher& dispatcher, const TokenStore& tokens,
   const std::string encoded = wire::encode(m.request);
   auto sink = OpenAiSink::create(api, responder, std::move(m));
   const std::string op(api == Api::completions ? msg::kInferCompletions : msg::kInferChat);
-  auto call = make_call(op, *role, encoded, sink);
+  auto call = detail::make_http_call(op, *role, encoded, sink, kClientName);
   if (!call.ok()) return sink->send_error(0, call.status());
   std::weak_ptr<Call> weak = *call;
   responder.on_disconnect([weak] {
@@ -570,7 +558,7 @@ class CallbackSink final : public ReplySink {
 void dispatch_simple(Dispatcher& dispatcher, const std::string& op, Role role,
                      std::function<void(Result<std::string>)> done) {
   auto sink = CallbackSink::create(std::move(done));
-  auto call = make_call(op, role, wire::encode(msg::Empty{}), sink);
+  auto call = detail::make_http_call(op, role, wire::encode(msg::Empty{}), sink, kClientName);
   if (!call.ok()) return sink->send_error(0, call.status());
   dispatcher.dispatch(std::move(call).value());
 }
