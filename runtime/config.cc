@@ -293,6 +293,24 @@ Setting http_setting() {
   return setting;
 }
 
+// The items of a list setting: a YAML sequence as given, or comma-separated text with each item
+// trimmed ("" is the empty list; "a,,b" and "a," hold an empty item, which the caller rejects).
+// nullopt for a map.
+std::optional<std::vector<std::string>> list_items(const RawValue& value) {
+  if (value.kind == RawValue::Kind::list) return value.items;
+  if (value.kind != RawValue::Kind::scalar) return std::nullopt;
+  std::vector<std::string> items;
+  if (trim(value.text).empty()) return items;
+  std::string_view rest = value.text;
+  for (;;) {
+    size_t comma = rest.find(',');
+    items.emplace_back(trim(rest.substr(0, comma)));
+    if (comma == std::string_view::npos) break;
+    rest.remove_prefix(comma + 1);
+  }
+  return items;
+}
+
 // Whether a role exists is checked in validate(), against ConfigSources::known_roles; here only the
 // shape: a YAML sequence, or comma-separated text, of non-empty names.
 Setting roles_setting() {
@@ -305,31 +323,16 @@ Setting roles_setting() {
       "environment and on the command line";
   setting.assign = [](const RawValue& value, NodeConfig& config) -> Status {
     constexpr std::string_view kExpected = "a list of role names";
-    std::vector<std::string> roles;
-    if (value.kind == RawValue::Kind::list) {
-      roles = value.items;
-    } else if (value.kind == RawValue::Kind::scalar) {
-      // "" is the empty list; "a,,b" holds an empty name, rejected below.
-      if (!trim(value.text).empty()) {
-        std::string_view rest = value.text;
-        for (;;) {
-          size_t comma = rest.find(',');
-          roles.emplace_back(trim(rest.substr(0, comma)));
-          if (comma == std::string_view::npos) break;
-          rest.remove_prefix(comma + 1);
-        }
-      }
-    } else {
-      return invalid(kExpected, value);
-    }
-    for (const auto& role : roles) {
+    auto roles = list_items(value);
+    if (!roles) return invalid(kExpected, value);
+    for (const auto& role : *roles) {
       if (!is_plain_name(role)) {
         return invalid(
             kExpected, value,
             "a role name is letters, digits, \".\", \"-\" and \"_\"; got " + quote(role));
       }
     }
-    config.roles = std::move(roles);
+    config.roles = std::move(*roles);
     return Status::ok_status();
   };
   setting.format = [](const NodeConfig& config) { return join(config.roles, ","); };
@@ -349,28 +352,16 @@ Setting serve_models_setting() {
                     "environment and on the command line";
   setting.assign = [](const RawValue& value, NodeConfig& config) -> Status {
     constexpr std::string_view kExpected = "a list of NAME=SOURCE";
-    std::vector<std::string> items;
-    if (value.kind == RawValue::Kind::list) {
-      items = value.items;
-    } else if (value.kind == RawValue::Kind::scalar) {
-      std::string_view rest = value.text;
-      while (!trim(rest).empty()) {
-        size_t comma = rest.find(',');
-        items.emplace_back(trim(rest.substr(0, comma)));
-        if (comma == std::string_view::npos) break;
-        rest.remove_prefix(comma + 1);
-      }
-    } else {
-      return invalid(kExpected, value);
-    }
-    for (const auto& item : items) {
+    auto items = list_items(value);
+    if (!items) return invalid(kExpected, value);
+    for (const auto& item : *items) {
       size_t eq = item.find('=');
       if (eq == std::string::npos || eq == 0 || eq + 1 == item.size() ||
           !is_plain_name(std::string_view(item).substr(0, eq))) {
         return invalid(kExpected, value, "each item is NAME=SOURCE; got " + quote(item));
       }
     }
-    config.serve_models = std::move(items);
+    config.serve_models = std::move(*items);
     return Status::ok_status();
   };
   setting.format = [](const NodeConfig& config) { return join(config.serve_models, ","); };

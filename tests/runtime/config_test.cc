@@ -699,6 +699,8 @@ TEST(BadValueTest, EveryKindOfBadValueIsRejected) {
       {"node.roles", "echo,,echo", "a list of role names"},
       {"node.roles", ",", "a list of role names"},
       {"node.roles", "bad role", "a list of role names"},
+      {"serve.models", "tiny", "a list of NAME=SOURCE"},
+      {"serve.models", "tiny=/m,", "a list of NAME=SOURCE"},
   };
   for (const BadValue& c : cases) {
     std::string message = override_error({{c.key, c.value}});
