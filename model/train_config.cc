@@ -23,6 +23,7 @@
 namespace cairn {
 namespace {
 
+using detail::join;
 using detail::quote;
 using nlohmann::json;
 
@@ -40,15 +41,6 @@ Status invalid(const std::string& key, const std::string& message) {
 // "expected <allowed>, got <got>", the one shape of every value error.
 Status expected(const std::string& key, const std::string& allowed, const std::string& got) {
   return invalid(key, "expected " + allowed + ", got " + got);
-}
-
-std::string join(const std::vector<std::string>& items, std::string_view separator) {
-  std::string out;
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (i > 0) out += separator;
-    out += items[i];
-  }
-  return out;
 }
 
 // A number as a message shows it: shortest text that reads back the same.

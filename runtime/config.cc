@@ -54,16 +54,8 @@ struct RawValue {
 
 RawValue scalar(std::string text) { return RawValue{RawValue::Kind::scalar, std::move(text), {}}; }
 
+using detail::join;
 using detail::quote;
-
-std::string join(const std::vector<std::string>& items, std::string_view separator) {
-  std::string out;
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (i > 0) out += separator;
-    out += items[i];
-  }
-  return out;
-}
 
 std::string describe(const RawValue& value) {
   switch (value.kind) {

@@ -12,6 +12,9 @@ namespace cairn::detail {
 // shows exactly what was read: quote("a\"b") is "\"a\\\"b\"".
 std::string quote(std::string_view text);
 
+// The items with `separator` between them: join({"a", "b"}, ", ") is "a, b".
+std::string join(const std::vector<std::string>& items, std::string_view separator);
+
 // Levenshtein distance (insertions, deletions, substitutions) in bytes.
 size_t edit_distance(std::string_view a, std::string_view b);
 
