@@ -176,13 +176,21 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void start() { read_next(); }
 
   // ---- streamed responses (called on the strand) ----
-  void stream_head(HttpResponse head) {
-    http::response<http::empty_body> message;
+  // A message with the status line and headers of `response` (not its body) for this connection's
+  // HTTP version: what whole and streamed responses share.
+  template <class Body>
+  http::response<Body> message_head(const HttpResponse& response) const {
+    http::response<Body> message;
     message.version(version_);
-    message.result(static_cast<http::status>(head.status));
+    message.result(static_cast<http::status>(response.status));
     message.set(http::field::server, "cairn");
-    message.set(http::field::content_type, head.content_type);
-    for (auto& [name, value] : head.headers) message.set(name, value);
+    message.set(http::field::content_type, response.content_type);
+    for (const auto& [name, value] : response.headers) message.set(name, value);
+    return message;
+  }
+
+  void stream_head(HttpResponse head) {
+    auto message = message_head<http::empty_body>(head);
     chunked_ = version_ >= 11;
     if (chunked_) {
       message.chunked(true);
@@ -304,12 +312,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // A whole response: its bytes go through the same queue as streamed pieces.
   void write(HttpResponse response) {
     if (closed_) return;
-    http::response<http::string_body> message;
-    message.version(version_);
-    message.result(static_cast<http::status>(response.status));
-    message.set(http::field::server, "cairn");
-    message.set(http::field::content_type, response.content_type);
-    for (auto& [name, value] : response.headers) message.set(name, value);
+    auto message = message_head<http::string_body>(response);
     message.body() = std::move(response.body);
     message.keep_alive(keep_alive_);
     message.prepare_payload();
