@@ -74,35 +74,29 @@ int cmd_unload(const ConnectArgs& args, const std::string& name) {
   return kExitOk;
 }
 
-int cmd_list(const ConnectArgs& args) {
-  msg::InferModelsReply reply;
-  if (int code = call_node(args, "serve list", msg::kInferModels, msg::Empty{}, reply, timeout_of(args));
-      code != kExitOk) {
-    return code;
-  }
+// Calls `op` (no request body) and prints its reply R: as JSON with --json, else with `print`.
+template <class R, class Print>
+int show_reply(const ConnectArgs& args, const std::string& command, std::string_view op, Print print) {
+  R reply;
+  if (int code = call_node(args, command, op, msg::Empty{}, reply, timeout_of(args)); code != kExitOk) return code;
   if (args.json) {
     std::cout << mlflow_json::dump(mlflow_json::encode(reply)) << "\n";
-    return kExitOk;
+  } else {
+    print(reply);
   }
+  return kExitOk;
+}
+
+void print_models(const msg::InferModelsReply& reply) {
   std::vector<std::vector<std::string>> rows;
   for (const auto& m : reply.models) {
     rows.push_back({m.name, m.state, m.version.empty() ? "-" : m.version, m.source,
                     m.state == "failed" ? m.error : std::to_string(m.max_context)});
   }
   print_table({"NAME", "STATE", "VERSION", "SOURCE", "CONTEXT"}, rows);
-  return kExitOk;
 }
 
-int cmd_stats(const ConnectArgs& args) {
-  msg::InferStatsReply reply;
-  if (int code = call_node(args, "serve stats", msg::kInferStats, msg::Empty{}, reply, timeout_of(args));
-      code != kExitOk) {
-    return code;
-  }
-  if (args.json) {
-    std::cout << mlflow_json::dump(mlflow_json::encode(reply)) << "\n";
-    return kExitOk;
-  }
+void print_stats(const msg::InferStatsReply& reply) {
   std::vector<std::vector<std::string>> rows;
   for (const auto& m : reply.models) {
     char kv[32];
@@ -112,7 +106,6 @@ int cmd_stats(const ConnectArgs& args) {
                     std::to_string(m.requests_finished_total), std::to_string(m.requests_rejected_total)});
   }
   print_table({"NAME", "RUNNING", "WAITING", "KV", "PROMPT TOK", "GEN TOK", "FINISHED", "REJECTED"}, rows);
-  return kExitOk;
 }
 
 struct GenerateArgs {
@@ -207,11 +200,15 @@ void add_serve_commands(CLI::App& app) {
 
   auto* list = serve->add_subcommand("list", "Served models, their state and version");
   add_connect_flags(*list, *args);
-  list->callback([args] { std::exit(cmd_list(*args)); });
+  list->callback([args] {
+    std::exit(show_reply<msg::InferModelsReply>(*args, "serve list", msg::kInferModels, print_models));
+  });
 
   auto* stats = serve->add_subcommand("stats", "Per-model load: running, waiting, KV cache, tokens");
   add_connect_flags(*stats, *args);
-  stats->callback([args] { std::exit(cmd_stats(*args)); });
+  stats->callback([args] {
+    std::exit(show_reply<msg::InferStatsReply>(*args, "serve stats", msg::kInferStats, print_stats));
+  });
 
   auto complete_args = std::make_shared<GenerateArgs>();
   auto* complete = app.add_subcommand("complete", "Complete a prompt with a served model, streaming the text");
