@@ -70,24 +70,12 @@ std::string base64(const std::string& plain) {
   return out;
 }
 
-class MlflowHttp : public ::testing::Test {
+class MlflowHttp : public SharedNodeTest {
  protected:
-  static void SetUpTestSuite() {
-    auto started = NodeProcess::start({});
-    if (started.ok()) {
-      node_ = std::move(started).value().release();
-    } else {
-      start_error_ = new std::string(started.status().to_string());
-    }
-  }
-  static void TearDownTestSuite() {
-    delete node_;
-    node_ = nullptr;
-    delete start_error_;
-    start_error_ = nullptr;
-  }
+  static void SetUpTestSuite() { start_node({}); }
   void SetUp() override {
-    ASSERT_NE(node_, nullptr) << (start_error_ ? *start_error_ : "");
+    SharedNodeTest::SetUp();
+    if (HasFatalFailure()) return;
     ASSERT_NE(node_->http_port(), 0);
   }
 
@@ -102,13 +90,7 @@ class MlflowHttp : public ::testing::Test {
                             << node_->diagnostics();
     return reply.ok() ? std::move(reply).value() : MlflowReply{};
   }
-
-  static NodeProcess* node_;
-  static std::string* start_error_;
 };
-
-NodeProcess* MlflowHttp::node_ = nullptr;
-std::string* MlflowHttp::start_error_ = nullptr;
 
 #define EXPECT_HTTP(reply, expected_status) \
   EXPECT_EQ((reply).status, expected_status) << (reply).body

@@ -196,26 +196,16 @@ bool wait_stats(Client& client, const std::string& model, const std::function<bo
   return false;
 }
 
-class ServeTest : public ::testing::Test {
+class ServeTest : public SharedNodeTest {
  protected:
   static void SetUpTestSuite() {
     NodeOptions options;
     options.extra_args = {"--serve", "tiny=" + fixture_dir()};
-    auto started = NodeProcess::start(options);
-    if (started.ok()) {
-      node_ = std::move(started).value().release();
-    } else {
-      start_error_ = new std::string(started.status().to_string());
-    }
-  }
-  static void TearDownTestSuite() {
-    delete node_;
-    node_ = nullptr;
-    delete start_error_;
-    start_error_ = nullptr;
+    start_node(options);
   }
   void SetUp() override {
-    ASSERT_NE(node_, nullptr) << (start_error_ ? *start_error_ : "");
+    SharedNodeTest::SetUp();
+    if (HasFatalFailure()) return;
     auto client = Client::connect(node_->client_options(Role::client));
     ASSERT_TRUE(client.ok()) << client.status().to_string();
     client_ = std::move(client).value();
@@ -233,12 +223,8 @@ class ServeTest : public ::testing::Test {
     return reply.ok() ? std::move(reply).value() : msg::CompletionReply{};
   }
 
-  static NodeProcess* node_;
-  static std::string* start_error_;
   std::unique_ptr<Client> client_;
 };
-NodeProcess* ServeTest::node_ = nullptr;
-std::string* ServeTest::start_error_ = nullptr;
 
 TEST_F(ServeTest, ModelsAreListedOverHttpAndProtocol) {
   auto models = http(node_->http_port(), "GET", "/v1/models", "", node_->client_token());

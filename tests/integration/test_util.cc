@@ -27,6 +27,26 @@ SharedNode& shared() {
 NodeProcess* shared_node() { return shared().node.get(); }
 std::string shared_node_error() { return shared().error; }
 
+NodeProcess* SharedNodeTest::node_ = nullptr;
+std::string SharedNodeTest::start_error_;
+
+void SharedNodeTest::start_node(const NodeOptions& options) {
+  auto started = NodeProcess::start(options);
+  if (started.ok()) {
+    node_ = std::move(started).value().release();
+  } else {
+    start_error_ = started.status().to_string();
+  }
+}
+
+void SharedNodeTest::TearDownTestSuite() {
+  delete node_;
+  node_ = nullptr;
+  start_error_.clear();
+}
+
+void SharedNodeTest::SetUp() { ASSERT_NE(node_, nullptr) << start_error_; }
+
 const msg::ActorStatus* find_actor(const msg::NodeStatus& status, const std::string& name) {
   for (const auto& actor : status.actors) {
     if (actor.name == name) return &actor;

@@ -41,6 +41,19 @@ namespace cairn::testing {
 NodeProcess* shared_node();
 std::string shared_node_error();
 
+// A fixture whose tests share one node of their own (for suites that change node state or need
+// options): the subclass's SetUpTestSuite calls start_node(); SetUp fails each test, saying why,
+// when the node did not start; TearDownTestSuite stops it.
+class SharedNodeTest : public ::testing::Test {
+ protected:
+  static void start_node(const NodeOptions& options);
+  static void TearDownTestSuite();
+  void SetUp() override;
+
+  static NodeProcess* node_;        // null when start_node failed
+  static std::string start_error_;  // why start_node failed
+};
+
 // The entry for `name` in a node.status reply, or nullptr.
 const msg::ActorStatus* find_actor(const msg::NodeStatus& status, const std::string& name);
 
