@@ -122,10 +122,8 @@ TrainJobConfig adapter_config(AdapterKind kind) {
 }
 
 TrainerInit tiny_llama_init(int64_t total_steps) {
-  TrainerInit init;
+  TrainerInit init = scratch_init(total_steps);
   init.base_model_dir = kTinyLlama;
-  init.tokenizer_path = kTinyLlama + "/tokenizer.json";
-  init.schedule.total_steps = total_steps;
   init.schedule.warmup_steps = 2;
   return init;
 }
