@@ -395,5 +395,46 @@ TEST_F(TrainJobTest, TwoWorkersInOneNodeTrainOneJob) {
   EXPECT_NEAR(pair.loss, single.loss, 1e-3 * std::max(1.0, single.loss));
 }
 
+TEST_F(TrainJobTest, LoraFineTuneOfARegisteredBaseModel) {
+  // The fixture model, registered as tiny-base/1 (its files put in the blob store first).
+  const std::string fixture = std::string(CAIRN_SOURCE_DIR) + "/../shared/fixtures/hf/tiny-llama";
+  msg::CreateVersionRequest version;
+  version.name = "tiny-base";
+  version.create_model = true;
+  for (const char* file : {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"}) {
+    auto blob = blobs_->put_file(fixture + "/" + file);
+    ASSERT_TRUE(blob.ok()) << blob.status().to_string();
+    version.artifacts.push_back({file, blob->sha256, blob->size});
+  }
+  ASSERT_TRUE(call<msg::VersionReply>(msg::kCreateVersion, version, "registry").ok());
+
+  const std::string yaml = "base_model: tiny-base@latest\n"
+                           "adapter: lora\n"
+                           "lora_r: 4\n"
+                           "datasets:\n"
+                           "  - path: " + dir_ + "/data.jsonl\n"
+                           "    type: completion\n"
+                           "sequence_len: 32\n"
+                           "excess_length_strategy: split\n"
+                           "micro_batch_size: 2\n"
+                           "learning_rate: 0.01\n"
+                           "max_steps: 4\n"
+                           "output_model: tiny-lora\n";
+  auto submitted = submit(yaml);
+  ASSERT_TRUE(submitted.ok()) << submitted.status().to_string();
+  msg::JobStatus final = wait_final(submitted->job_id);
+  ASSERT_EQ(final.state, "succeeded") << final.reason;
+  msg::GetVersionRequest get;
+  get.name = "tiny-lora";
+  get.version = final.last_checkpoint.version;
+  auto registered = call<msg::VersionReply>(msg::kGetVersion, get, "registry");
+  ASSERT_TRUE(registered.ok()) << registered.status().to_string();
+  EXPECT_EQ(registered->model_version.base_model, "tiny-base/1");
+  std::set<std::string> paths;
+  for (const auto& a : registered->model_version.artifacts) paths.insert(a.path);
+  EXPECT_TRUE(paths.count("adapter_model.safetensors"));
+  EXPECT_TRUE(paths.count("adapter_config.json"));
+}
+
 }  // namespace
 }  // namespace cairn
