@@ -53,9 +53,9 @@ echo "== cairn status"
 echo "== GET /health"
 if command -v curl >/dev/null; then curl -s "http://$http/health"; echo; fi
 
-echo "== cairn train submit configs/train/pretrain-devil.yaml ${overrides[*]} --watch"
 overrides=(--set "num_epochs=${DEMO_EPOCHS:-2}")
 [ -n "${DEMO_STEPS:-}" ] && overrides+=(--set "max_steps=$DEMO_STEPS")
+echo "== cairn train submit configs/train/pretrain-devil.yaml ${overrides[*]} --watch"
 "$cairn" train submit "$root/configs/train/pretrain-devil.yaml" "${overrides[@]}" --watch
 echo "== cairn train list"
 "$cairn" train list
