@@ -64,12 +64,7 @@ echo "== the registered model: cairn models show devil"
 "$cairn" models show devil
 echo "== cairn models download devil@latest"
 "$cairn" models download devil@latest --to "$run/devil"
-ls "$run/devil"
-if [ ! -f "$run/devil/tokenizer.json" ]; then
-  # Sampling from text needs the tokenizer beside the weights; it is the one the job trained with.
-  echo "   (the version holds no tokenizer.json: adding $demo_data/tokenizer.json, the job's tokenizer)"
-  cp "$demo_data/tokenizer.json" "$run/devil/"
-fi
+ls "$run/devil"  # weights, config and the job's tokenizer: generate reads them as they are
 
 echo "== cairn generate: samples from the model"
 for prompt in "LAWYER, n." "MARRIAGE, n." "PATIENCE, n."; do

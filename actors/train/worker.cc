@@ -46,6 +46,23 @@ Status write_text_file(const std::string& path, const std::string& text) {
   return Status();
 }
 
+// Copies the job's tokenizer into `dir` so that a registered version or an exported model is
+// self-contained for serving and generation: tokenizer.json, plus tokenizer_config.json (chat
+// template, special tokens) when one sits beside the tokenizer file, as in an HF model directory.
+Status copy_tokenizer_files(const std::string& tokenizer_path, const std::string& dir) {
+  if (tokenizer_path.empty()) return Status();
+  const fs::path source(tokenizer_path);
+  std::error_code ec;
+  fs::copy_file(source, fs::path(dir) / "tokenizer.json", fs::copy_options::overwrite_existing, ec);
+  if (ec) return io_error("copy " + source.string() + " to " + dir, ec);
+  const fs::path config = source.parent_path() / "tokenizer_config.json";
+  if (fs::is_regular_file(config, ec)) {
+    fs::copy_file(config, fs::path(dir) / "tokenizer_config.json", fs::copy_options::overwrite_existing, ec);
+    if (ec) return io_error("copy " + config.string() + " to " + dir, ec);
+  }
+  return Status();
+}
+
 // Exports a registry version's artifacts from the blob store into `dir` (each verified against
 // its sha256 on the way), unless `dir` already holds a complete export (its .complete marker).
 Status export_version(storage::BlobStore& blobs, const msg::ModelVersion& version, const std::string& dir) {
@@ -425,6 +442,7 @@ class Worker {
     std::error_code ec;
     fs::remove_all(dir, ec);
     CAIRN_RETURN_IF_ERROR(trainer_->save_checkpoint(dir));
+    CAIRN_RETURN_IF_ERROR(copy_tokenizer_files(job_.init.tokenizer_path, dir));
     fs::create_directories(dir + "/cairn", ec);
     if (ec) return io_error("create " + dir + "/cairn", ec);
     for (int rank = 0; rank < job_.world_size; ++rank) {
@@ -462,6 +480,7 @@ class Worker {
     if (!version.ok()) return version.status().with_context("registering the checkpoint at step " + std::to_string(step));
     if (final && !config_.output_dir.empty()) {
       Status exported = trainer_->export_model(config_.output_dir);
+      if (exported.ok()) exported = copy_tokenizer_files(job_.init.tokenizer_path, config_.output_dir);
       if (!exported.ok()) log("warn", "output_dir: " + exported.to_string());
     }
     auto report = std::make_shared<WorkerReport>(base_report(WorkerReport::Kind::checkpoint, step));

@@ -246,6 +246,7 @@ TEST_F(TrainJobTest, TinyJobFinishesWithMetricsAndCheckpointVersions) {
     for (const auto& a : v.artifacts) paths.insert(a.path);
     EXPECT_TRUE(paths.count("cairn/data_cursor.rank0.json")) << v.version;
     EXPECT_TRUE(paths.count("trainer_state.json")) << v.version;
+    EXPECT_TRUE(paths.count("tokenizer.json")) << v.version;  // servable as registered
   }
   std::map<std::string, std::string> newest;
   for (const auto& t : versions->model_versions.front().tags) newest[t.key] = t.value;
@@ -406,6 +407,12 @@ TEST_F(TrainJobTest, LoraFineTuneOfARegisteredBaseModel) {
     ASSERT_TRUE(blob.ok()) << blob.status().to_string();
     version.artifacts.push_back({file, blob->sha256, blob->size});
   }
+  // A base with a tokenizer_config.json: the fine-tuned versions carry it on.
+  const std::string tokenizer_config = dir_ + "/tokenizer_config.json";
+  { std::ofstream(tokenizer_config) << "{\"bos_token\": \"<s>\"}\n"; }
+  auto config_blob = blobs_->put_file(tokenizer_config);
+  ASSERT_TRUE(config_blob.ok()) << config_blob.status().to_string();
+  version.artifacts.push_back({"tokenizer_config.json", config_blob->sha256, config_blob->size});
   ASSERT_TRUE(call<msg::VersionReply>(msg::kCreateVersion, version, "registry").ok());
 
   const std::string yaml = "base_model: tiny-base@latest\n"
@@ -434,6 +441,8 @@ TEST_F(TrainJobTest, LoraFineTuneOfARegisteredBaseModel) {
   for (const auto& a : registered->model_version.artifacts) paths.insert(a.path);
   EXPECT_TRUE(paths.count("adapter_model.safetensors"));
   EXPECT_TRUE(paths.count("adapter_config.json"));
+  EXPECT_TRUE(paths.count("tokenizer.json"));
+  EXPECT_TRUE(paths.count("tokenizer_config.json"));
 }
 
 }  // namespace
