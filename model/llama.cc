@@ -1,7 +1,6 @@
 #include "model/llama.h"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <limits>
@@ -491,33 +490,11 @@ Result<std::vector<std::pair<std::string, at::Tensor>>> LlamaModel::checkpoint_w
 
 namespace {
 
-// Rows per thread below which a step's GEMM stays one call: splitting fewer rows would make each
-// thread read the whole weight for little arithmetic.
-constexpr int64_t kMinRowsPerThread = 16;
-
-// linear.forward(x) with the rows split over ATen's threads. The BLAS runs single-threaded
-// (OPENBLAS_NUM_THREADS=1), so one call would keep one core busy while the step's other core idles.
-// A row's result does not depend on how many rows share the call, so the split changes no bit of
-// the output (engine_test checks the engine's tokens against generate()'s).
-at::Tensor forward_row_parallel(const Linear& linear, const at::Tensor& x) {
-  const int64_t rows = x.size(0);
-  const int64_t chunks = std::min<int64_t>(at::get_num_threads(), rows / kMinRowsPerThread);
-  if (chunks < 2 || at::in_parallel_region()) return linear.forward(x);
-  std::vector<at::Tensor> parts(static_cast<size_t>(chunks));
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t from = rows * i / chunks, to = rows * (i + 1) / chunks;
-      parts[static_cast<size_t>(i)] = linear.forward(x.narrow(0, from, to - from));
-    }
-  });
-  return at::cat(parts, 0);
-}
-
 // A base linear layer over every row of a step, plus each adapter's term on the rows that use it.
 // `index` is the layer's position in linear_layers() order.
 at::Tensor paged_linear(const Linear& linear, const at::Tensor& x, const PagedBatch& batch, size_t index,
                         bool logit_rows = false) {
-  at::Tensor y = forward_row_parallel(linear, x);
+  at::Tensor y = linear.forward(x);
   for (const PagedAdapterRows& adapter : batch.adapters) {
     const LoraWeights* lora = (*adapter.linears)[index];
     const at::Tensor& rows = logit_rows ? adapter.logit_rows : adapter.rows;
@@ -569,9 +546,8 @@ Result<at::Tensor> LlamaModel::forward_paged(const PagedBatch& batch) const {
         values = pool_values.index_select(0, batch.gather_slots);
       }
       // Each sequence's attention as forward() computes it for one sequence with a cache: the same
-      // layouts and the same batched matmuls over its kv heads. Sequences are independent, so they
-      // are spread over ATen's threads (each writes only its own outs[s]).
-      auto attend = [&](size_t s) {
+      // layouts and the same batched matmuls over its kv heads.
+      for (size_t s = 0; s < batch.sequences.size(); ++s) {
         const PagedSequence& seq = batch.sequences[s];
         const int64_t length = seq.length, total = seq.past + seq.length;
         at::Tensor sq = q.narrow(0, seq.token_offset, length)
@@ -597,10 +573,7 @@ Result<at::Tensor> LlamaModel::forward_paged(const PagedBatch& batch) const {
                       .view({kv_heads, group, length, head_dim})
                       .permute({2, 0, 1, 3})
                       .reshape({length, heads * head_dim});
-      };
-      at::parallel_for(0, static_cast<int64_t>(batch.sequences.size()), 1, [&](int64_t begin, int64_t end) {
-        for (int64_t s = begin; s < end; ++s) attend(static_cast<size_t>(s));
-      });
+      }
       at::Tensor attended = outs.size() == 1 ? outs[0] : at::cat(outs, 0);
       hidden = hidden + paged_linear(layer.o_proj, attended, batch, base + 3);
       at::Tensor y = rms_norm(hidden, layer.post_attention_layernorm, c.rms_norm_eps);
