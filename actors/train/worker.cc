@@ -258,6 +258,55 @@ std::vector<RankLinkPtr> in_process_links(int world_size) {
   return links;
 }
 
+RingLink::RingLink(std::unique_ptr<RingEndpoint> endpoint, RingOptions options)
+    : bound_(endpoint->bound()), endpoint_(std::move(endpoint)), options_(std::move(options)) {}
+
+Result<std::shared_ptr<RingLink>> RingLink::listen(const HostPort& bind, RingOptions options) {
+  auto endpoint = RingEndpoint::listen(bind);
+  if (!endpoint.ok()) return endpoint.status();
+  return std::shared_ptr<RingLink>(new RingLink(std::move(endpoint).value(), std::move(options)));
+}
+
+HostPort RingLink::bound() const { return bound_; }
+
+Status RingLink::set_peers(std::vector<HostPort> peers) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (static_cast<int>(peers.size()) != options_.world_size) {
+    return Status(Code::invalid_argument, "ring of rank " + std::to_string(options_.rank) + ": " +
+                                              std::to_string(peers.size()) + " peer addresses for world size " +
+                                              std::to_string(options_.world_size));
+  }
+  options_.peers = std::move(peers);
+  return Status();
+}
+
+Result<Collective*> RingLink::connect() {
+  std::unique_ptr<RingEndpoint> endpoint;
+  RingOptions options;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (aborted_) return Status(Code::cancelled, "ring of rank " + std::to_string(options_.rank) + ": aborted");
+    if (!endpoint_) return Status(Code::internal, "ring of rank " + std::to_string(options_.rank) + ": connected twice");
+    if (static_cast<int>(options_.peers.size()) != options_.world_size) {
+      return Status(Code::internal, "ring of rank " + std::to_string(options_.rank) + ": connect before set_peers");
+    }
+    endpoint = std::move(endpoint_);
+    options = options_;
+  }
+  auto connected = endpoint->connect(options);  // blocks: outside the lock so abort() stays free
+  if (!connected.ok()) return connected.status();
+  std::lock_guard<std::mutex> lock(mutex_);
+  collective_ = std::move(connected).value();
+  if (aborted_) collective_->abort();
+  return collective_.get();
+}
+
+void RingLink::abort() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  aborted_ = true;
+  if (collective_) collective_->abort();
+}
+
 // ---- the worker thread ----
 
 namespace {

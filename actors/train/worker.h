@@ -17,6 +17,7 @@
 #include <caf/all.hpp>
 
 #include "actors/directory.h"
+#include "cluster/collective.h"
 #include "model/data.h"
 #include "model/train_config.h"
 #include "model/trainer.h"
@@ -109,6 +110,32 @@ using RankLinkPtr = std::shared_ptr<RankLink>;
 
 // Links for `world_size` ranks that are threads of this process (an InProcessGroup).
 std::vector<RankLinkPtr> in_process_links(int world_size);
+
+// One rank of a TCP ring between nodes (cluster/collective.h RingEndpoint), in the two phases of
+// train.join / train.start: listen() binds at once, so the node can answer its bound() address
+// before the peers are known; set_peers() (from train.start) completes the RingOptions; connect()
+// on the rank's thread joins the ring. abort() before connect() makes it fail without dialling; an
+// abort() during connect() takes effect when the dialling ends (within connect_timeout_ms).
+class RingLink final : public RankLink {
+ public:
+  // `options` without peers: rank, world_size, secret and the timeouts.
+  static Result<std::shared_ptr<RingLink>> listen(const HostPort& bind, RingOptions options);
+  HostPort bound() const;
+  // Every rank's address, indexed by rank; must be called before connect(). invalid_argument when
+  // the count is not the world size.
+  Status set_peers(std::vector<HostPort> peers);
+  Result<Collective*> connect() override;
+  void abort() override;
+
+ private:
+  RingLink(std::unique_ptr<RingEndpoint> endpoint, RingOptions options);
+  const HostPort bound_;
+  std::mutex mutex_;
+  std::unique_ptr<RingEndpoint> endpoint_;  // consumed by connect()
+  RingOptions options_;
+  std::unique_ptr<Collective> collective_;  // set by connect(); abort() is thread-safe
+  bool aborted_ = false;
+};
 
 // Reports from threads to the job manager (sent with anon_send; never waited on).
 struct WorkerReport {

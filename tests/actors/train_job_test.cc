@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <thread>
 
 #include <caf/all.hpp>
 
@@ -18,6 +19,7 @@
 #include "actors/messages.h"
 #include "actors/registry.h"
 #include "actors/train/job_manager.h"
+#include "actors/train/worker.h"
 #include "runtime/messages/registry.h"
 #include "runtime/messages/train.h"
 #include "storage/blob_store.h"
@@ -443,6 +445,59 @@ TEST_F(TrainJobTest, LoraFineTuneOfARegisteredBaseModel) {
   EXPECT_TRUE(paths.count("adapter_config.json"));
   EXPECT_TRUE(paths.count("tokenizer.json"));
   EXPECT_TRUE(paths.count("tokenizer_config.json"));
+}
+
+// The links of ranks on different nodes: bound first (train.join), peers later (train.start).
+TEST(RingLinkTest, TwoRanksJoinOverLoopbackAndAnAbortReachesThePeer) {
+  std::vector<std::shared_ptr<train::RingLink>> links;
+  std::vector<HostPort> peers;
+  for (int rank = 0; rank < 2; ++rank) {
+    RingOptions options;
+    options.rank = rank;
+    options.world_size = 2;
+    options.secret = "job-secret";
+    options.connect_timeout_ms = 10000;
+    auto link = train::RingLink::listen(HostPort{"127.0.0.1", 0}, options);
+    ASSERT_TRUE(link.ok()) << link.status().to_string();
+    peers.push_back((*link)->bound());
+    links.push_back(*link);
+  }
+  EXPECT_EQ(links[0]->set_peers({peers[0]}).code(), Code::invalid_argument);
+  for (auto& link : links) ASSERT_TRUE(link->set_peers(peers).ok());
+
+  Status results[2];
+  float sums[2] = {0, 0};
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < 2; ++rank) {
+    threads.emplace_back([&, rank] {
+      auto collective = links[rank]->connect();
+      if (!collective.ok()) {
+        results[rank] = collective.status();
+        return;
+      }
+      float value = static_cast<float>(rank + 1);
+      results[rank] = (*collective)->all_reduce_sum(&value, 1);
+      sums[rank] = value;
+      if (results[rank].ok() && rank == 1) links[rank]->abort();
+      if (results[rank].ok()) results[rank] = (*collective)->barrier();
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(sums[0], 3.0f);
+  EXPECT_EQ(sums[1], 3.0f);
+  // Rank 1 aborted before the barrier: neither rank gets through it.
+  EXPECT_FALSE(results[0].ok());
+  EXPECT_FALSE(results[1].ok());
+
+  // Aborted before connecting: connect() fails at once without dialling.
+  RingOptions options;
+  options.world_size = 2;
+  options.secret = "s";
+  auto early = train::RingLink::listen(HostPort{"127.0.0.1", 0}, options);
+  ASSERT_TRUE(early.ok());
+  ASSERT_TRUE((*early)->set_peers({(*early)->bound(), HostPort{"127.0.0.1", 1}}).ok());
+  (*early)->abort();
+  EXPECT_EQ((*early)->connect().status().code(), Code::cancelled);
 }
 
 }  // namespace
