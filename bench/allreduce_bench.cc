@@ -53,21 +53,6 @@ struct Options {
   std::string results = std::string(CAIRN_SOURCE_DIR) + "/bench/RESULTS.md";
 };
 
-[[noreturn]] void die(const std::string& message) {
-  std::cerr << "allreduce_bench: " << message << "\n";
-  std::exit(1);
-}
-
-void check(const Status& status, const std::string& what) {
-  if (!status.ok()) die(what + ": " + status.to_string());
-}
-
-template <class T>
-T& must(cairn::Result<T>& result, const std::string& what) {
-  if (!result.ok()) die(what + ": " + result.status().to_string());
-  return *result;
-}
-
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -151,9 +136,9 @@ Timings measure_cairn(const Options& o) {
   ring.chunk_bytes = o.chunk_bytes;
   ring.socket_buffer_bytes = o.socket_buffer;
   for (int r = 0; r < 2; ++r) {
-    auto endpoint = RingEndpoint::listen({"127.0.0.1", 0});
-    ring.peers.push_back(must(endpoint, "listen")->bound());
-    endpoints.push_back(std::move(*endpoint));
+    auto endpoint = take(RingEndpoint::listen({"127.0.0.1", 0}), "listen");
+    ring.peers.push_back(endpoint->bound());
+    endpoints.push_back(std::move(endpoint));
   }
   std::cout.flush();
   pid_t child = ::fork();
@@ -161,8 +146,8 @@ Timings measure_cairn(const Options& o) {
   const int rank = child == 0 ? 1 : 0;
   endpoints[1 - rank].reset();
   ring.rank = rank;
-  auto collective = endpoints[rank]->connect(ring);
-  Timings t = run_rank(*must(collective, "rank " + std::to_string(rank) + " connect"), o);
+  auto collective = take(endpoints[rank]->connect(ring), "rank " + std::to_string(rank) + " connect");
+  Timings t = run_rank(*collective, o);
   if (child == 0) _exit(0);
   int status = 0;
   ::waitpid(child, &status, 0);
@@ -217,9 +202,9 @@ Iperf measure_iperf() {
     return {};
   }
   // A free port: bind one, note it, release it (iperf3 binds it a moment later).
-  auto probe = RingEndpoint::listen({"127.0.0.1", 0});
-  const std::string port = std::to_string(must(probe, "probe port")->bound().port);
-  probe->reset();
+  auto probe = take(RingEndpoint::listen({"127.0.0.1", 0}), "probe port");
+  const std::string port = std::to_string(probe->bound().port);
+  probe.reset();
   pid_t server = ::fork();
   if (server == 0) {
     std::freopen("/dev/null", "w", stdout);

@@ -12,10 +12,12 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -228,6 +230,15 @@ std::string fixed(double value, int decimals) {
   char text[64];
   std::snprintf(text, sizeof text, "%.*f", decimals, value);
   return text;
+}
+
+[[noreturn]] void die(const std::string& message) {
+  std::cerr << program_invocation_short_name << ": " << message << "\n";
+  std::exit(1);
+}
+
+void check(const Status& status, const std::string& what) {
+  if (!status.ok()) die(what + ": " + status.to_string());
 }
 
 }  // namespace cairn::bench

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "runtime/status.h"
@@ -91,5 +92,23 @@ Status append_results(const std::string& path, const std::string& header, const 
 
 // "12.3" style formatting for tables.
 std::string fixed(double value, int decimals);
+
+// Fatal errors of a benchmark program: writes "<program>: <message>" to stderr, where <program>
+// is the executable's name (train_bench, ...), and exits with status 1.
+[[noreturn]] void die(const std::string& message);
+
+// die("<what>: <status>") unless `status` is ok.
+void check(const Status& status, const std::string& what);
+template <class T>
+void check(const Result<T>& result, const std::string& what) {
+  if (!result.ok()) die(what + ": " + result.status().to_string());
+}
+
+// The value of `result`, or die("<what>: <status>").
+template <class T>
+T take(Result<T> result, const std::string& what) {
+  check(result, what);
+  return std::move(result).value();
+}
 
 }  // namespace cairn::bench

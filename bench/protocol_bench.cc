@@ -78,20 +78,6 @@ struct RoundTrips {
   size_t warmup;
 };
 
-[[noreturn]] void die(const std::string& message) {
-  std::cerr << "protocol_bench: " << message << "\n";
-  std::exit(1);
-}
-
-void check(const Status& status, const std::string& what) {
-  if (!status.ok()) die(what + ": " + status.to_string());
-}
-
-template <class T>
-void check(const Result<T>& result, const std::string& what) {
-  if (!result.ok()) die(what + ": " + result.status().to_string());
-}
-
 BenchOptions parse_args(int argc, char** argv) {
   BenchOptions options;
   auto count = [&](int& i, const char* flag) -> size_t {

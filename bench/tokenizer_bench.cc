@@ -45,11 +45,6 @@ struct BenchOptions {
   std::string results = std::string(CAIRN_SOURCE_DIR) + "/bench/RESULTS.md";  // "" = do not append
 };
 
-[[noreturn]] void die(const std::string& message) {
-  std::cerr << "tokenizer_bench: " << message << "\n";
-  std::exit(1);
-}
-
 BenchOptions parse_args(int argc, char** argv) {
   BenchOptions options;
   for (int i = 1; i < argc; ++i) {

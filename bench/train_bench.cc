@@ -88,21 +88,6 @@ struct BenchOptions {
   std::string work_dir;
 };
 
-[[noreturn]] void die(const std::string& message) {
-  std::cerr << "train_bench: " << message << "\n";
-  std::exit(1);
-}
-
-void check(const Status& status, const std::string& what) {
-  if (!status.ok()) die(what + ": " + status.to_string());
-}
-
-template <class T>
-T take(Result<T> result, const std::string& what) {
-  if (!result.ok()) die(what + ": " + result.status().to_string());
-  return std::move(result).value();
-}
-
 BenchOptions parse_args(int argc, char** argv) {
   BenchOptions o;
   for (int i = 1; i < argc; ++i) {
