@@ -137,10 +137,7 @@ Figures run_engine(InferenceEngine& engine, int clients, int per_client, const s
         };
         const auto submitted = Clock::now();
         auto id = engine.submit(std::move(request));
-        if (!id.ok()) {
-          std::cerr << "submit: " << id.status().to_string() << "\n";
-          std::exit(1);
-        }
+        check(id, "submit");
         std::unique_lock<std::mutex> lock(waiter->mutex);
         waiter->done_cv.wait(lock, [&] { return waiter->done; });
         std::lock_guard<std::mutex> results_lock(results_mutex);
@@ -175,10 +172,7 @@ Figures run_sequential(const LlamaModel& model, int requests, const std::vector<
       return true;
     };
     auto out = generate(model, prompts[static_cast<size_t>(r) % prompts.size()], options);
-    if (!out.ok()) {
-      std::cerr << "generate: " << out.status().to_string() << "\n";
-      std::exit(1);
-    }
+    check(out, "generate");
     if (r == 0 && first_output != nullptr) *first_output = *out;
     f.requests += 1;
     f.tokens += static_cast<int64_t>(out->size());
