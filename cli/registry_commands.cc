@@ -92,6 +92,23 @@ std::string format_bytes(double bytes) {
   return buf;
 }
 
+std::string format_duration(double seconds, int second_decimals) {
+  if (!(seconds >= 0) || seconds > 1e8) return "?";
+  const auto s = static_cast<int64_t>(seconds + 0.5);
+  char buf[32];
+  if (s < 60) {
+    // Whole seconds round half up, as above; printf would round half to even.
+    const double shown = second_decimals > 0 ? seconds : static_cast<double>(s);
+    std::snprintf(buf, sizeof buf, "%.*fs", second_decimals, shown);
+  } else if (s < 3600) {
+    std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
+  } else {
+    std::snprintf(buf, sizeof buf, "%lldh%02lldm", static_cast<long long>(s / 3600),
+                  static_cast<long long>((s / 60) % 60));
+  }
+  return buf;
+}
+
 std::string format_value(double value) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.6g", value);
@@ -567,15 +584,6 @@ int cmd_models_download(const ConnectArgs& args, const std::string& ref, const s
   return with_session(args, "models download", [&](Session& s) {
     auto request = parse_version_ref(ref);
     if (!request.ok()) return s.fail(request.status());
-    // NAME@latest: the newest version ("latest" is reserved, never a real alias; training configs
-    // name base models this way).
-    if (request->alias == "latest") {
-      auto latest = s.call<msg::LatestVersionsReply>(msg::kGetLatestVersions, msg::ModelNameRequest{request->name});
-      if (!latest.ok()) return s.fail(latest.status());
-      if (latest->model_versions.empty()) return s.fail(Status(Code::not_found, "model " + request->name + " has no versions"));
-      request->alias.clear();
-      request->version = latest->model_versions.front().version;
-    }
     auto version = s.call<msg::VersionReply>(msg::kGetVersion, *request);
     if (!version.ok()) return s.fail(version.status());
     const auto& v = version->model_version;
@@ -603,16 +611,6 @@ int cmd_gc(const ConnectArgs& args) {
                 << "), kept " << r.blobs_kept << "\n";
     });
   });
-}
-
-// Adds a leaf command with the connect flags; `run` returns the exit code.
-template <class Run>
-CLI::App* leaf(CLI::App& parent, const std::string& name, const std::string& help,
-               const std::shared_ptr<ConnectArgs>& args, Run run) {
-  auto* command = parent.add_subcommand(name, help);
-  add_connect_flags(*command, *args);
-  command->callback([run] { std::exit(run()); });
-  return command;
 }
 
 }  // namespace

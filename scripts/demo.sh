@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job: builds Cairn, starts one node (data under ./cairn-data) with the echo, registry and
-# train roles, pretrains a small Llama-family model (3.4M parameters) on The Devil's Dictionary
-# with configs/train/pretrain-devil.yaml, which registers it as model "devil", then downloads the
-# newest version, samples from it, and stops the node.
+# The main job: builds Cairn, starts one node (data under ./cairn-data) with the echo, registry,
+# train and inference roles, pretrains a small Llama-family model (3.4M parameters) on The Devil's
+# Dictionary with configs/train/pretrain-devil.yaml, which registers it as model "devil", then
+# downloads the newest version and samples from it, serves it from the node and queries it over
+# the OpenAI-compatible API and the protocol, and stops the node.
 #
 #   scripts/demo.sh                  2 epochs of the corpus (108 steps: a minute or two on 2 cores)
 #   DEMO_EPOCHS=4 scripts/demo.sh    the config's own 4 epochs (216 steps)
@@ -35,9 +36,9 @@ trap cleanup EXIT
 echo "== the demo corpus and its tokenizer (cairn train demo-data)"
 "$cairn" train demo-data --out "$demo_data"
 
-echo "== starting a node with roles echo, registry, train (config: configs/node.yaml, data: $data_dir)"
+echo "== starting a node with roles echo, registry, train, inference (config: configs/node.yaml, data: $data_dir)"
 mkfifo "$run/ready"
-CAIRN_NODE_ROLES=echo,registry,train \
+CAIRN_NODE_ROLES=echo,registry,train,inference \
   "$cairn" node --config "$root/configs/node.yaml" --data-dir "$data_dir" --listen 127.0.0.1:0 --http 127.0.0.1:0 \
   > "$run/ready" 2>"$node_log" &
 node_pid=$!
@@ -72,6 +73,18 @@ for prompt in "LAWYER, n." "MARRIAGE, n." "PATIENCE, n."; do
   "$cairn" generate --model "$run/devil" --prompt "$prompt" --max-tokens 48 --temperature 0.8 --top-p 0.95 --seed 1
   echo
 done
+
+echo "== serving it: cairn serve load devil devil@latest (the inference role, continuous batching)"
+"$cairn" serve load devil devil@latest
+echo "== POST /v1/completions (OpenAI-compatible, on the node's --http port)"
+if command -v curl >/dev/null; then
+  curl -s "http://$http/v1/completions" -H "Authorization: Bearer $CAIRN_TOKEN" -H 'Content-Type: application/json' \
+    -d '{"model": "devil", "prompt": "CYNIC, n.", "max_tokens": 32, "temperature": 0.8, "seed": 1}'
+  echo
+fi
+echo "== cairn complete (the same over the msgpack protocol, streamed)"
+"$cairn" complete --model devil --prompt "POLITICS, n." --max-tokens 32 --temperature 0.8 --seed 2
+echo
 
 echo "== cairn admin shutdown"
 "$cairn" admin shutdown

@@ -1698,6 +1698,14 @@ Result<msg::ModelVersion> RegistryStore::get_version(const msg::GetVersionReques
   auto record = load_model(kv_, request.name);
   if (!record.ok()) return record.status();
   std::string version_text = request.version;
+  if (by_alias && detail::is_latest_alias(request.alias)) {
+    // "latest" is reserved, never stored: it names the newest version, so NAME@latest follows
+    // every new registration (training bases, serving, downloads).
+    auto newest = newest_version(kv_, *record);
+    if (!newest.ok()) return newest.status();
+    if (!newest->has_value()) return not_found("registered model " + shown(request.name) + " has no versions");
+    return std::move(**newest);
+  }
   if (by_alias) {
     auto alias = std::find_if(record->model.aliases.begin(), record->model.aliases.end(),
                               [&](const msg::ModelAlias& a) { return a.alias == request.alias; });

@@ -114,6 +114,16 @@ Status check_model_name(std::string_view field, std::string_view name) {
   return check_length(field, name, kMaxModelNameChars);
 }
 
+bool is_latest_alias(std::string_view alias) {
+  static constexpr std::string_view kLatest = "latest";
+  if (alias.size() != kLatest.size()) return false;
+  for (size_t i = 0; i < alias.size(); ++i) {
+    const char c = alias[i];
+    if (static_cast<char>((c >= 'A' && c <= 'Z') ? c - 'A' + 'a' : c) != kLatest[i]) return false;
+  }
+  return true;
+}
+
 Status check_alias(std::string_view field, std::string_view alias) {
   if (alias.empty()) return bad(field, "an alias name must be provided");
   for (char c : alias) {
@@ -124,9 +134,7 @@ Status check_alias(std::string_view field, std::string_view alias) {
     }
   }
   CAIRN_RETURN_IF_ERROR(check_length(field, alias, kMaxAliasChars));
-  std::string lower(alias);
-  for (char& c : lower) c = static_cast<char>((c >= 'A' && c <= 'Z') ? c - 'A' + 'a' : c);
-  if (lower == "latest") return bad(field, "'latest' (in any case) is reserved");
+  if (is_latest_alias(alias)) return bad(field, "'latest' (in any case) is reserved: it names the newest version");
   if ((alias[0] == 'v' || alias[0] == 'V') && is_digits(alias.substr(1))) {
     return bad(field, "alias " + shown(alias) + " is reserved: v<number> names a version");
   }

@@ -19,6 +19,8 @@ Status check_length(std::string_view field, std::string_view text, size_t limit)
 Status check_entity_key(std::string_view field, std::string_view key);
 Status check_experiment_name(std::string_view field, std::string_view name);
 Status check_model_name(std::string_view field, std::string_view name);
+// Whether `alias` is "latest" in any case: reserved, it names a model's newest version.
+bool is_latest_alias(std::string_view alias);
 Status check_alias(std::string_view field, std::string_view alias);
 Status check_semver(std::string_view field, std::string_view label);
 Status check_sha256(std::string_view field, std::string_view sha256);

@@ -1075,6 +1075,19 @@ TYPED_TEST(RegistryStoreTest, SearchVersionsNewestFirstFilteredAndPaged) {
 
 // ---- Aliases ----
 
+TYPED_TEST(RegistryStoreTest, LatestNamesTheNewestVersion) {
+  msg::GetVersionRequest latest;
+  latest.name = "m";
+  latest.alias = "latest";
+  this->make_version("m");
+  EXPECT_EQ(must(this->store().get_version(latest)).version, "1");
+  this->make_version("m");
+  latest.alias = "LATEST";  // reserved in any case, resolved in any case
+  EXPECT_EQ(must(this->store().get_version(latest)).version, "2");
+  latest.name = "nope";
+  expect_error(this->store().get_version(latest), Code::not_found, {"nope"});
+}
+
 TYPED_TEST(RegistryStoreTest, AliasesSetMoveDeleteResolveAndAudit) {
   this->make_version("m");
   this->make_version("m");
