@@ -56,20 +56,6 @@ Result<std::unique_ptr<Client>> open_client(const ConnectArgs& args) {
 
 namespace {
 
-std::string format_duration(uint64_t ms) {
-  uint64_t s = ms / 1000;
-  char buf[64];
-  if (s < 60) {
-    std::snprintf(buf, sizeof buf, "%.1fs", static_cast<double>(ms) / 1000.0);
-  } else if (s < 3600) {
-    std::snprintf(buf, sizeof buf, "%lum%02lus", static_cast<unsigned long>(s / 60), static_cast<unsigned long>(s % 60));
-  } else {
-    std::snprintf(buf, sizeof buf, "%luh%02lum", static_cast<unsigned long>(s / 3600),
-                  static_cast<unsigned long>((s / 60) % 60));
-  }
-  return buf;
-}
-
 json status_json(const msg::NodeStatus& s) {
   json actors = json::array();
   for (const auto& a : s.actors) {
@@ -84,8 +70,9 @@ json status_json(const msg::NodeStatus& s) {
 }
 
 void print_status(const msg::NodeStatus& s) {
+  const std::string uptime = format_duration(static_cast<double>(s.uptime_ms) / 1000.0, 1);
   std::cout << "node      " << s.node << " (" << s.node_id << ")\n"
-            << "state     " << s.state << ", up " << format_duration(s.uptime_ms) << ", boot #" << s.boot_count
+            << "state     " << s.state << ", up " << uptime << ", boot #" << s.boot_count
             << ", pid " << s.pid << ", cairn " << s.version << "\n"
             << "protocol  " << s.protocol << (s.tls ? " (TLS)" : "") << "   http " << (s.http.empty() ? "off" : s.http)
             << "   connections " << s.connections << "\n"

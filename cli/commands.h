@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <utility>
@@ -39,6 +40,16 @@ struct ConnectArgs {
   bool json = false;
 };
 void add_connect_flags(CLI::App& command, ConnectArgs& args);
+// Adds the client subcommand `name` of `parent` with the connect flags bound to `*args`; when it is
+// chosen, the process exits with `run()`, the command's exit code.
+template <class Run>
+CLI::App* leaf(CLI::App& parent, const std::string& name, const std::string& help,
+               const std::shared_ptr<ConnectArgs>& args, Run run) {
+  auto* command = parent.add_subcommand(name, help);
+  add_connect_flags(*command, *args);
+  command->callback([run] { std::exit(run()); });
+  return command;
+}
 // A client for `args` (one-shot: no reconnect; --timeout for connecting and for each call).
 Result<std::unique_ptr<Client>> open_client(const ConnectArgs& args);
 // --timeout as a duration.
@@ -51,6 +62,9 @@ int report_error(const ConnectArgs& args, const std::string& command, const Stat
 std::string format_time(int64_t unix_ms);  // "2024-05-01 12:34:56Z"; "-" for <= 0
 std::string format_bytes(double bytes);    // "1.5 MiB"
 std::string format_value(double value);    // %.6g
+// "4s" ("4.2s" with second_decimals 1) under a minute, then "12m05s", "3h07m" (rounded to the
+// second); "?" for a negative, NaN or absurd (over 1e8 s) value.
+std::string format_duration(double seconds, int second_decimals);
 // Column-aligned text table on stdout: a header row, then rows; the last column is not padded.
 void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows);
 // One line of ▁▂▃▄▅▆▇█ for `values`, at most `width` characters.

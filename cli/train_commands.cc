@@ -58,21 +58,6 @@ json to_json(const T& value) {
 
 // ---- formatting ----
 
-std::string format_duration_s(double seconds) {
-  if (!(seconds >= 0) || seconds > 1e8) return "?";
-  const auto s = static_cast<int64_t>(seconds + 0.5);
-  char buf[32];
-  if (s < 60) {
-    std::snprintf(buf, sizeof buf, "%llds", static_cast<long long>(s));
-  } else if (s < 3600) {
-    std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
-  } else {
-    std::snprintf(buf, sizeof buf, "%lldh%02lldm", static_cast<long long>(s / 3600),
-                  static_cast<long long>((s / 60) % 60));
-  }
-  return buf;
-}
-
 std::string fixed(double value, int decimals) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.*f", decimals, value);
@@ -254,7 +239,7 @@ class ProgressView {
     if (s.step > 0) line += "  loss " + fixed(s.loss, 4);
     if (s.eval_loss > 0) line += "  eval " + fixed(s.eval_loss, 4);
     if (s.tokens_per_s > 0) line += "  " + fixed(s.tokens_per_s, 0) + " tok/s";
-    if (s.eta_s > 0 && !msg::job_state_is_final(s.state)) line += "  ETA " + format_duration_s(s.eta_s);
+    if (s.eta_s > 0 && !msg::job_state_is_final(s.state)) line += "  ETA " + format_duration(s.eta_s, 0);
     if (s.state != msg::kJobRunning) line += "  (" + s.state + ")";
     return line;
   }
@@ -276,7 +261,7 @@ int job_exit_code(const msg::JobStatus& s) {
 void print_outcome(const msg::JobStatus& s) {
   const double seconds = s.updated_ms > s.started_ms ? static_cast<double>(s.updated_ms - s.started_ms) / 1000 : 0;
   std::string text = "job " + s.job_id + " " + s.state + " at step " + std::to_string(s.step) + "/" +
-                     std::to_string(s.total_steps) + " after " + format_duration_s(seconds);
+                     std::to_string(s.total_steps) + " after " + format_duration(seconds, 0);
   if (s.step > 0) text += ", loss " + fixed(s.loss, 4);
   if (s.eval_loss > 0) text += ", eval loss " + fixed(s.eval_loss, 4);
   if (!s.reason.empty()) text += ": " + s.reason;
@@ -398,7 +383,7 @@ void print_status(const msg::JobStatus& s, const std::string& curve) {
   }
   if (s.tokens_per_s > 0) {
     std::cout << "speed       " << fixed(s.tokens_per_s, 0) << " tokens/s"
-              << (s.eta_s > 0 && !msg::job_state_is_final(s.state) ? ", ETA " + format_duration_s(s.eta_s) : "")
+              << (s.eta_s > 0 && !msg::job_state_is_final(s.state) ? ", ETA " + format_duration(s.eta_s, 0) : "")
               << "\n";
   }
   std::cout << "started     " << format_time(s.started_ms) << "   updated " << format_time(s.updated_ms) << "\n";
@@ -547,16 +532,6 @@ int cmd_demo_data(const DemoDataArgs& demo, bool json_output) {
               << trained->vocab_size() << " tokens)\n";
   }
   return kExitOk;
-}
-
-// Adds a leaf command with the connect flags; `run` returns the exit code.
-template <class Run>
-CLI::App* leaf(CLI::App& parent, const std::string& name, const std::string& help,
-               const std::shared_ptr<ConnectArgs>& args, Run run) {
-  auto* command = parent.add_subcommand(name, help);
-  add_connect_flags(*command, *args);
-  command->callback([run] { std::exit(run()); });
-  return command;
 }
 
 }  // namespace
