@@ -184,46 +184,38 @@ void add_serve_commands(CLI::App& app) {
   serve->require_subcommand(1);
 
   auto load = std::make_shared<LoadArgs>();
-  auto* load_cmd = serve->add_subcommand("load", "Load a model (admin): a Hugging Face folder, MODEL@ALIAS or MODEL/VERSION");
+  auto* load_cmd = leaf(*serve, "load", "Load a model (admin): a Hugging Face folder, MODEL@ALIAS or MODEL/VERSION", args,
+                        [args, load] { return cmd_load(*args, *load); });
   load_cmd->add_option("name", load->name, "Name requests use")->required();
   load_cmd->add_option("source", load->source, "Folder on the node, MODEL@ALIAS (followed) or MODEL/VERSION")->required();
   load_cmd->add_option("--adapter", load->adapters, "LoRA adapter NAME=DIR on the node (repeatable)");
   load_cmd->add_option("--load-timeout", load->load_timeout_s, "Seconds to wait for the load (default 600)");
-  add_connect_flags(*load_cmd, *args);
-  load_cmd->callback([args, load] { std::exit(cmd_load(*args, *load)); });
 
   auto name = std::make_shared<std::string>();
-  auto* unload = serve->add_subcommand("unload", "Stop serving a model (admin); its requests in flight are cancelled");
+  auto* unload = leaf(*serve, "unload", "Stop serving a model (admin); its requests in flight are cancelled", args,
+                      [args, name] { return cmd_unload(*args, *name); });
   unload->add_option("name", *name, "Served name")->required();
-  add_connect_flags(*unload, *args);
-  unload->callback([args, name] { std::exit(cmd_unload(*args, *name)); });
 
-  auto* list = serve->add_subcommand("list", "Served models, their state and version");
-  add_connect_flags(*list, *args);
-  list->callback([args] {
-    std::exit(show_reply<msg::InferModelsReply>(*args, "serve list", msg::kInferModels, print_models));
+  leaf(*serve, "list", "Served models, their state and version", args, [args] {
+    return show_reply<msg::InferModelsReply>(*args, "serve list", msg::kInferModels, print_models);
   });
 
-  auto* stats = serve->add_subcommand("stats", "Per-model load: running, waiting, KV cache, tokens");
-  add_connect_flags(*stats, *args);
-  stats->callback([args] {
-    std::exit(show_reply<msg::InferStatsReply>(*args, "serve stats", msg::kInferStats, print_stats));
+  leaf(*serve, "stats", "Per-model load: running, waiting, KV cache, tokens", args, [args] {
+    return show_reply<msg::InferStatsReply>(*args, "serve stats", msg::kInferStats, print_stats);
   });
 
   auto complete_args = std::make_shared<GenerateArgs>();
-  auto* complete = app.add_subcommand("complete", "Complete a prompt with a served model, streaming the text");
+  auto* complete = leaf(app, "complete", "Complete a prompt with a served model, streaming the text", args,
+                        [args, complete_args] { return cmd_generate(*args, *complete_args, false); });
   complete->add_option("--prompt", complete_args->prompt, "The prompt")->required();
   add_generation_flags(*complete, *complete_args);
-  add_connect_flags(*complete, *args);
-  complete->callback([args, complete_args] { std::exit(cmd_generate(*args, *complete_args, false)); });
 
   auto chat_args = std::make_shared<GenerateArgs>();
-  auto* chat = app.add_subcommand("chat", "One chat turn with a served model (its chat template), streaming the reply");
+  auto* chat = leaf(app, "chat", "One chat turn with a served model (its chat template), streaming the reply", args,
+                    [args, chat_args] { return cmd_generate(*args, *chat_args, true); });
   chat->add_option("--message", chat_args->messages, "A message: TEXT (user) or ROLE:TEXT (repeatable)")->required();
   chat->add_option("--system", chat_args->system, "A system message first");
   add_generation_flags(*chat, *chat_args);
-  add_connect_flags(*chat, *args);
-  chat->callback([args, chat_args] { std::exit(cmd_generate(*args, *chat_args, true)); });
 }
 
 }  // namespace cairn::cli
