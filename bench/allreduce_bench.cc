@@ -296,17 +296,11 @@ int main(int argc, char** argv) {
   if (!o.results.empty()) {
     std::ostringstream s;
     s << "\n## allreduce_bench (issue #5): " << machine.date_utc << "\n\n";
-    s << "Machine: " << machine.cpu_model << ", " << machine.cores << " cores, " << machine.kernel << "; load "
-      << machine.load << " at start; build " << CAIRN_BUILD_TYPE << ". " << o.rounds << " alternating rounds per side of "
+    s << machine_summary(machine) << ". " << o.rounds << " alternating rounds per side of "
       << o.warmup << " warm-up and " << o.iterations << " timed all-reduces, each after a barrier, samples pooled; "
       << "GB/s = buffer bytes / time (algorithm bandwidth).\n\n";
     s << t.str();
-    const std::string header =
-        "# Benchmark results\n\n"
-        "Appended by the benchmark programs in bench/ (run them all with scripts/bench.sh): one dated section\n"
-        "per run, newest last. Compare figures within one section rather than across machines.\n";
-    check(append_results(o.results, header, s.str()), "append results");
-    std::cerr << "allreduce_bench: appended to " << o.results << "\n";
+    append_section(o.results, s.str());
   }
   return 0;
 }

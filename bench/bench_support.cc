@@ -226,6 +226,21 @@ Status append_results(const std::string& path, const std::string& header, const 
   return Status();
 }
 
+const char* const kResultsHeader =
+    "# Benchmark results\n\n"
+    "Appended by the benchmark programs in bench/ (run them all with scripts/bench.sh): one dated section\n"
+    "per run, newest last. Compare figures within one section rather than across machines.\n";
+
+std::string machine_summary(const MachineInfo& machine) {
+  return "Machine: " + machine.cpu_model + ", " + std::to_string(machine.cores) + " cores, " + machine.kernel +
+         "; load " + machine.load + " at start; build " + CAIRN_BUILD_TYPE;
+}
+
+void append_section(const std::string& path, const std::string& section) {
+  check(append_results(path, kResultsHeader, section), "append results");
+  std::cerr << program_invocation_short_name << ": appended to " << path << "\n";
+}
+
 std::string fixed(double value, int decimals) {
   char text[64];
   std::snprintf(text, sizeof text, "%.*f", decimals, value);

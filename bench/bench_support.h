@@ -90,6 +90,15 @@ MachineInfo describe_machine();
 // not exist. Fails with io_error naming the path.
 Status append_results(const std::string& path, const std::string& header, const std::string& section);
 
+// The header a new bench/RESULTS.md starts with.
+extern const char* const kResultsHeader;
+// "Machine: <cpu>, <n> cores, <kernel>; load <1 5 15> at start; build <type>", without a final
+// period: the start of a results section's setup paragraph.
+std::string machine_summary(const MachineInfo& machine);
+// append_results(path, kResultsHeader, section), then "<program>: appended to <path>" on stderr;
+// dies when the file cannot be written.
+void append_section(const std::string& path, const std::string& section);
+
 // "12.3" style formatting for tables.
 std::string fixed(double value, int decimals);
 

@@ -608,19 +608,13 @@ int main(int argc, char** argv) {
   if (!o.results.empty()) {
     std::ostringstream s;
     s << "\n## registry_bench (issue #3): " << machine.date_utc << "\n\n";
-    s << "Machine: " << machine.cpu_model << ", " << machine.cores << " cores, " << machine.kernel << "; load "
-      << machine.load << " at start; build " << CAIRN_BUILD_TYPE << ".\n";
+    s << machine_summary(machine) << ".\n";
     s << "Fixture: " << fill.runs << " runs (3 metrics, 3 params each; of " << o.runs << " asked, " << o.fill_seconds
       << " s budget) written in " << fixed(fill.run_seconds, 1) << " s and " << fill.versions
       << " versions of one model in " << fixed(fill.version_seconds, 1)
       << " s, straight into the data dir (RegistryStore, sync=false) before the node started.\n\n";
     s << t.str();
-    const std::string header =
-        "# Benchmark results\n\n"
-        "Appended by the benchmark programs in bench/ (run them all with scripts/bench.sh): one dated section\n"
-        "per run, newest last. Compare figures within one section rather than across machines.\n";
-    check(append_results(o.results, header, s.str()), "append results");
-    std::cerr << "registry_bench: appended to " << o.results << "\n";
+    append_section(o.results, s.str());
   }
   return 0;
 }

@@ -148,11 +148,6 @@ std::string first_difference(const Tokenizer& tokenizer, const std::vector<int32
          std::to_string(theirs.size()) + " ids); Cairn: \"" + context(ours) + "\", peer: \"" + context(theirs) + "\"";
 }
 
-constexpr const char* kResultsHeader =
-    "# Benchmark results\n\n"
-    "Appended by the benchmark programs in bench/ (run them all with scripts/bench.sh): one dated section\n"
-    "per run, newest last. Compare figures within one section rather than across machines.\n";
-
 int run(const BenchOptions& options) {
   const MachineInfo machine = describe_machine();
   const std::string text = read_file(options.text);

@@ -577,8 +577,7 @@ int main(int argc, char** argv) {
   if (!o.results.empty()) {
     std::ostringstream s;
     s << "\n## train_bench (issue #5): " << machine.date_utc << "\n\n";
-    s << "Machine: " << machine.cpu_model << ", " << machine.cores << " cores, " << machine.kernel << "; load "
-      << machine.load << " at start; build " << CAIRN_BUILD_TYPE << ". Peer: PyTorch eager (" << o.python
+    s << machine_summary(machine) << ". Peer: PyTorch eager (" << o.python
       << ", Debian python3-torch 1.13).\n";
     s << "Model: Llama, hidden " << o.hidden << ", intermediate " << intermediate << ", " << o.layers << " layers, "
       << o.heads << " heads, vocab " << f.vocab << " (demo tokenizer), tied embeddings, " << parameters
@@ -589,12 +588,7 @@ int main(int argc, char** argv) {
       << "tokens per CPU-second: rank 0's own rows over rank 0's CPU time, every thread counted, which load from "
       << "other processes barely moves.\n\n";
     s << t.str();
-    const std::string header =
-        "# Benchmark results\n\n"
-        "Appended by the benchmark programs in bench/ (run them all with scripts/bench.sh): one dated section\n"
-        "per run, newest last. Compare figures within one section rather than across machines.\n";
-    check(append_results(o.results, header, s.str()), "append results");
-    std::cerr << "train_bench: appended to " << o.results << "\n";
+    append_section(o.results, s.str());
   }
   std::filesystem::remove_all(o.work_dir);
   return 0;
