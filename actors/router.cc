@@ -24,6 +24,10 @@ std::map<std::string, Route, std::less<>> default_routes() {
                               msg::kTrainLogs, msg::kTrainWatch}) {
     routes.emplace(std::string(op), Route{"train", Role::client});
   }
+  // Node to node: the home node of a job spanning nodes starts its ranks here.
+  for (std::string_view op : {msg::kTrainJoin, msg::kTrainStart, msg::kTrainAbort}) {
+    routes.emplace(std::string(op), Route{"train", Role::admin});
+  }
   for (const auto& op : inference_ops()) routes.emplace(std::string(op.name), Route{"inference", op.min_role});
   return routes;
 }

@@ -236,6 +236,8 @@ int run_node(const NodeArgs& args) {
   roles.train.directory = &directory;
   roles.train.work_dir = config.data_dir + "/train";
   roles.train.node_name = config.name;
+  roles.train.self_address = [&server] { return server ? server->bound().to_string() : std::string(); };
+  roles.train.peer_token = tokens->first_token(Role::admin);
   roles.train.options.max_jobs = config.train_max_jobs;
   roles.train.options.max_restarts = config.train_max_restarts;
   configure_inference(config, roles.inference);

@@ -13,6 +13,9 @@
 #include "actors/messages.h"
 #include "actors/train/job_actors.h"
 #include "actors/train/worker.h"
+#include "cairn/client.h"
+#include "cluster/auth.h"
+#include "runtime/messages/node.h"
 #include "runtime/messages/registry.h"
 #include "runtime/messages/train.h"
 #include "storage/job_store.h"
@@ -49,11 +52,36 @@ int64_t unix_ms() {
       .count();
 }
 
+// The other nodes of a job spanning nodes, as its home node sees them. Filled by the coordinator
+// thread, then used only on the job manager's thread (after the thread posted its result).
+struct Peers {
+  std::vector<std::string> nodes;                 // their protocol addresses, in placement order
+  std::vector<std::vector<int>> ranks;            // the ranks each runs
+  std::vector<std::unique_ptr<Client>> clients;   // one per node that was reached
+};
+
+// Rank r of a job over `nodes` runs on nodes[r % nodes.size()]; every rank when `nodes` is empty.
+std::vector<int> ranks_on(const std::vector<std::string>& nodes, int world_size, const std::string& address) {
+  std::vector<int> ranks;
+  for (int rank = 0; rank < world_size; ++rank) {
+    if (nodes.empty() || nodes[static_cast<size_t>(rank) % nodes.size()] == address) ranks.push_back(rank);
+  }
+  return ranks;
+}
+
 // One run of a job's workers. A restart makes a new one.
 struct Generation {
   uint64_t number = 0;
   PreparedJobPtr prepared;
   std::thread preparer;
+  // The ranks run on this node, ascending; shards, trainers, queues, links and workers are in
+  // their order.
+  std::vector<int> ranks;
+  std::vector<std::shared_ptr<RingLink>> rings;  // a job spanning nodes: this node's ring links
+  std::shared_ptr<Peers> peers;                  // home of a job spanning nodes
+  std::thread coordinator;                       // home: joins the other nodes (train.join)
+  bool coordinating = false;
+  bool started = false;  // the workers were started
   caf::actor param_sync;
   std::vector<caf::actor> shards;
   std::vector<caf::actor> trainers;
@@ -80,12 +108,13 @@ struct Generation {
     stop->store(true);
     for (auto& queue : queues) queue->close(Status(Code::cancelled, "the job manager stopped"));
     for (auto& link : links) link->abort();
-    for (size_t rank = 0; rank < trainers.size(); ++rank) {
-      stop_actor(trainers[rank], "trainer", static_cast<int>(rank));
-      stop_actor(shards[rank], "shard", static_cast<int>(rank));
+    for (size_t i = 0; i < trainers.size(); ++i) {
+      stop_actor(trainers[i], "trainer", ranks[i]);
+      stop_actor(shards[i], "shard", ranks[i]);
     }
     stop_actor(param_sync, "param-sync", -1);
     if (preparer.joinable()) preparer.join();
+    if (coordinator.joinable()) coordinator.join();
     for (auto& thread : workers) {
       if (thread.joinable()) thread.join();
     }
@@ -113,6 +142,15 @@ struct Job {
   int64_t steps_per_epoch = 0;
   std::chrono::steady_clock::time_point last_progress_time;
   int64_t last_progress_step = -1;
+  // A job spanning nodes: the secret of its current generation (train.join / start / abort and
+  // the ring handshake check it).
+  std::string secret;
+  // Guest: ranks of another node's job (train.join), never stored nor listed; the calls are
+  // answered when the ranks are prepared (join) and when they end (start).
+  bool guest = false;
+  std::vector<int> guest_ranks;
+  CallPtr join_call;
+  CallPtr start_call;
 };
 
 struct JobManagerState {
@@ -148,6 +186,7 @@ Status unknown_job(const std::string& op, const std::string& job_id) {
 // ---- status, logs, watchers ----
 
 void persist(Self self, Job& job) {
+  if (job.guest) return;
   Status written = store(self).put(job.record);
   if (!written.ok()) spdlog::error("train {}: job record not saved: {}", job.record.status.job_id, written.to_string());
 }
@@ -260,6 +299,23 @@ void register_actor(Self self, const std::string& name, const caf::actor& actor)
   self->state.context.directory->set(name, actor);
 }
 
+// Home of a job spanning nodes: tells the other nodes to stop the job's ranks (train.abort). Blocks
+// the job manager for at most a few seconds per node; their ranks also fail on their own once this
+// node's ring sockets close. Not while the coordinator thread still owns the clients.
+void abort_peers(Generation& gen, const Job& job, const Status& why) {
+  if (!gen.peers || gen.coordinating || why.ok()) return;
+  msg::TrainAbortRequest abort;
+  abort.job_id = job.record.status.job_id;
+  abort.secret = job.secret;
+  abort.reason = why.ok() ? "the job is stopping" : why.to_string();
+  for (size_t i = 0; i < gen.peers->clients.size(); ++i) {
+    auto sent = gen.peers->clients[i]->call(msg::kTrainAbort, wire::encode(abort), std::chrono::seconds(5));
+    if (!sent.ok()) {
+      spdlog::warn("train {}: train.abort on node {}: {}", abort.job_id, gen.peers->nodes[i], sent.status().to_string());
+    }
+  }
+}
+
 // Tells everything of the generation to stop: threads between micro-batches, collectives at once.
 // The generation ends when every thread has reported (on_worker_done).
 void stop_generation(Self self, Job& job, const Status& why) {
@@ -279,11 +335,12 @@ void stop_generation(Self self, Job& job, const Status& why) {
     self->send_exit(actor, caf::exit_reason::user_shutdown);
     actor = nullptr;
   };
-  for (size_t rank = 0; rank < gen.trainers.size(); ++rank) {
-    stop_actor(gen.trainers[rank], job_actor_name(job_id, "trainer", static_cast<int>(rank)));
-    stop_actor(gen.shards[rank], job_actor_name(job_id, "shard", static_cast<int>(rank)));
+  for (size_t i = 0; i < gen.trainers.size(); ++i) {
+    stop_actor(gen.trainers[i], job_actor_name(job_id, "trainer", gen.ranks[i]));
+    stop_actor(gen.shards[i], job_actor_name(job_id, "shard", gen.ranks[i]));
   }
   stop_actor(gen.param_sync, job_actor_name(job_id, "param-sync"));
+  abort_peers(gen, job, why);
 }
 
 // After the generation's threads are all done: the job ends or restarts.
@@ -297,7 +354,9 @@ void end_generation(Self self, Job& job) {
   auto& status = job.record.status;
   if (job.cancelling) return finalize(self, job, msg::kJobCancelled, job.cancel_reason);
   if (!gen->failure.ok()) {
-    const bool retryable = gen->prepared != nullptr;  // a job that cannot be prepared fails at once
+    // A job that cannot be prepared fails at once; so does one spanning nodes (its other nodes
+    // cannot resume from the checkpoint yet).
+    const bool retryable = gen->prepared != nullptr && gen->prepared->config.nodes.empty() && !job.guest;
     if (!retryable || status.restarts >= options(self).max_restarts) {
       std::string why = gen->failure.to_string();
       if (retryable) why += " (after " + std::to_string(status.restarts) + " restarts; train.max_restarts)";
@@ -321,7 +380,7 @@ void end_generation(Self self, Job& job) {
 
 void maybe_end_generation(Self self, Job& job) {
   Generation& gen = *job.generation;
-  if (gen.preparing || gen.workers_running > 0) return;
+  if (gen.preparing || gen.coordinating || gen.workers_running > 0) return;
   end_generation(self, job);
 }
 
@@ -363,6 +422,10 @@ void start_generation(Self self, Job& job) {
                  : "preparing to resume from " + status.last_checkpoint.model + "/" + status.last_checkpoint.version);
 }
 
+void spawn_job_actors(Self self, Job& job);
+void start_workers(Self self, Job& job);
+void coordinate(Self self, Job& job, const std::string& self_address);
+
 void on_prepared(Self self, const JobPrepared& message) {
   Job* job = find_job(self, message.job_id);
   if (job == nullptr || !job->generation || job->generation->number != message.generation) return;
@@ -383,12 +446,63 @@ void on_prepared(Self self, const JobPrepared& message) {
   status.step = prepared.resume_step;
   job->last_progress_step = -1;
 
-  // The actors: shards, trainers (each with its thread), then param-sync over the trainers.
   const int world = prepared.world_size;
-  const std::string& job_id = status.job_id;
+  const auto& nodes = prepared.config.nodes;
+  const std::string self_address =
+      nodes.empty() || !self->state.context.self_address ? std::string() : self->state.context.self_address();
+  gen.ranks = job->guest ? job->guest_ranks : ranks_on(nodes, world, self_address);
+  const bool spans = job->guest || static_cast<int>(gen.ranks.size()) < world;
+  if (!spans) {
+    gen.links = world > 1 ? in_process_links(world) : std::vector<RankLinkPtr>();
+    spawn_job_actors(self, *job);
+    return start_workers(self, *job);
+  }
+
+  // A job spanning nodes: one ring link per local rank, bound now so the home node can learn the
+  // addresses before any rank dials.
+  for (int rank : gen.ranks) {
+    if (rank < 0 || rank >= world) {
+      gen.failure = Status(Code::invalid_argument, "rank " + std::to_string(rank) + " is not in a job of " +
+                                                       std::to_string(world) + " workers");
+      return end_generation(self, *job);
+    }
+  }
+  // The ring listens on the host this node's protocol listener is bound to.
+  HostPort host{"127.0.0.1", 0};
+  if (auto bound = parse_host_port(self_address); bound.ok()) host.host = bound->host;
+  if (!job->guest && job->secret.empty()) job->secret = generate_token();
+  for (int rank : gen.ranks) {
+    RingOptions ring;
+    ring.rank = rank;
+    ring.world_size = world;
+    ring.secret = job->secret;
+    auto link = RingLink::listen(host, ring);
+    if (!link.ok()) {
+      gen.failure = link.status().with_context("ring endpoint of rank " + std::to_string(rank));
+      return end_generation(self, *job);
+    }
+    gen.rings.push_back(*link);
+    gen.links.push_back(*link);
+  }
+  spawn_job_actors(self, *job);
+  if (job->guest) {
+    msg::TrainJoinReply joined;
+    joined.node = self->state.context.node_name;
+    for (const auto& ring : gen.rings) joined.addresses.push_back(ring->bound().to_string());
+    joined.address = joined.addresses.front();
+    if (job->join_call) job->join_call->reply(joined);
+    job->join_call = nullptr;
+    return;  // train.start starts the workers
+  }
+  coordinate(self, *job, self_address);
+}
+
+// Spawns the generation's actors for its local ranks: shards, trainers, then param-sync.
+void spawn_job_actors(Self self, Job& job) {
+  Generation& gen = *job.generation;
+  const std::string& job_id = job.record.status.job_id;
   auto& system = self->system();
-  gen.links = world > 1 ? in_process_links(world) : std::vector<RankLinkPtr>();
-  for (int rank = 0; rank < world; ++rank) {
+  for (int rank : gen.ranks) {
     caf::actor shard = spawn_data_shard(system, gen.prepared, rank);
     auto queue = std::make_shared<BatchQueue>();
     caf::actor trainer = spawn_trainer_actor(system, shard, queue, options(self).prefetch_batches);
@@ -403,14 +517,21 @@ void on_prepared(Self self, const JobPrepared& message) {
   gen.param_sync = spawn_param_sync(system, gen.links, gen.trainers);
   self->monitor(gen.param_sync);
   register_actor(self, job_actor_name(job_id, "param-sync"), gen.param_sync);
-  for (int rank = 0; rank < world; ++rank) {
+}
+
+// Starts one thread per local rank.
+void start_workers(Self self, Job& job) {
+  Generation& gen = *job.generation;
+  const PreparedJob& prepared = *gen.prepared;
+  const int world = prepared.world_size;
+  for (size_t i = 0; i < gen.ranks.size(); ++i) {
     WorkerContext context;
     context.job = gen.prepared;
-    context.rank = rank;
-    context.link = world > 1 ? gen.links[static_cast<size_t>(rank)] : nullptr;
-    context.queue = gen.queues[static_cast<size_t>(rank)];
+    context.rank = gen.ranks[i];
+    context.link = gen.links.empty() ? nullptr : gen.links[i];
+    context.queue = gen.queues[i];
     context.stop = gen.stop;
-    context.trainer = gen.trainers[static_cast<size_t>(rank)];
+    context.trainer = gen.trainers[i];
     context.job_manager = caf::actor_cast<caf::actor>(self);
     context.directory = self->state.context.directory;
     context.blobs = self->state.context.blobs;
@@ -418,11 +539,156 @@ void on_prepared(Self self, const JobPrepared& message) {
     gen.workers.emplace_back([context] { run_worker(context); });
     ++gen.workers_running;
   }
-  set_workers(*job, world, self->state.context.node_name, "running");
-  set_state(self, *job, msg::kJobRunning, "");
-  append_log(self, *job, "log", "info", status.step,
-             std::to_string(world) + " worker(s), " + std::to_string(prepared.schedule.total_steps) +
-                 " steps, dataset " + prepared.dataset->digest + ", output model " + prepared.output_model);
+  gen.started = true;
+  auto& status = job.record.status;
+  set_workers(job, world, self->state.context.node_name, "running");
+  if (gen.peers) {
+    for (size_t i = 0; i < gen.peers->nodes.size(); ++i) {
+      for (int rank : gen.peers->ranks[i]) status.workers[static_cast<size_t>(rank)].node = gen.peers->nodes[i];
+    }
+  }
+  set_state(self, job, msg::kJobRunning, "");
+  append_log(self, job, "log", "info", status.step,
+             std::to_string(world) + " worker(s)" +
+                 (gen.peers ? " (" + std::to_string(gen.ranks.size()) + " on this node)" : std::string()) + ", " +
+                 std::to_string(prepared.schedule.total_steps) + " steps, dataset " + prepared.dataset->digest +
+                 ", output model " + prepared.output_model);
+}
+
+// A peer's train.start ended (its ranks finished or failed).
+void on_peer_done(Self self, const std::string& job_id, uint64_t number, const std::string& node,
+                  const Result<std::string>& reply) {
+  Job* job = find_job(self, job_id);
+  if (job == nullptr || !job->generation || job->generation->number != number) return;
+  Generation& gen = *job->generation;
+  --gen.workers_running;
+  if (!reply.ok() && !gen.ending) stop_generation(self, *job, reply.status().with_context("node " + node));
+  maybe_end_generation(self, *job);
+}
+
+// The coordinator thread is done: every other node joined (their ring addresses are known), or
+// one failed. Then the rings get their peers, the other nodes start, and so do the local ranks.
+void on_joined(Self self, const std::string& job_id, uint64_t number, const Status& joined,
+               const std::vector<std::string>& addresses) {
+  Job* job = find_job(self, job_id);
+  if (job == nullptr || !job->generation || job->generation->number != number) return;
+  Generation& gen = *job->generation;
+  if (gen.coordinator.joinable()) gen.coordinator.join();
+  gen.coordinating = false;
+  if (!joined.ok()) {
+    stop_generation(self, *job, joined);
+    return end_generation(self, *job);
+  }
+  if (gen.ending || job->cancelling) {
+    const Status why = gen.failure.ok() ? Status(Code::cancelled, job->cancel_reason) : gen.failure;
+    stop_generation(self, *job, why);
+    abort_peers(gen, *job, why);  // stop_generation ran before, while the clients were not ours
+    return end_generation(self, *job);
+  }
+  std::vector<HostPort> peers;
+  for (const auto& address : addresses) {
+    auto parsed = parse_host_port(address);
+    if (!parsed.ok()) {
+      stop_generation(self, *job, parsed.status().with_context("ring address"));
+      return end_generation(self, *job);
+    }
+    peers.push_back(*parsed);
+  }
+  for (const auto& ring : gen.rings) {
+    Status set = ring->set_peers(peers);
+    if (!set.ok()) {
+      stop_generation(self, *job, set);
+      return end_generation(self, *job);
+    }
+  }
+  msg::TrainStartRequest start;
+  start.job_id = job_id;
+  start.secret = job->secret;
+  start.addresses = addresses;
+  const std::string body = wire::encode(start);
+  auto handle = caf::actor_cast<caf::actor>(self);
+  for (size_t i = 0; i < gen.peers->clients.size(); ++i) {
+    ++gen.workers_running;
+    gen.peers->clients[i]->call_async(
+        msg::kTrainStart, body,
+        [self, handle, job_id, number, node = gen.peers->nodes[i]](Result<std::string> reply) {
+          caf::anon_send(handle, Continuation{[=] { on_peer_done(self, job_id, number, node, reply); }});
+        },
+        std::chrono::hours(24 * 365));
+  }
+  start_workers(self, *job);
+}
+
+// Home of a job spanning nodes: a thread asks each other node to join (train.join), then posts the
+// ring address of every rank to on_joined.
+void coordinate(Self self, Job& job, const std::string& self_address) {
+  Generation& gen = *job.generation;
+  const PreparedJob& prepared = *gen.prepared;
+  const auto& nodes = prepared.config.nodes;
+  const int world = prepared.world_size;
+  auto peers = std::make_shared<Peers>();
+  for (int rank = 0; rank < world; ++rank) {
+    const std::string& node = nodes[static_cast<size_t>(rank) % nodes.size()];
+    if (node == self_address) continue;
+    auto it = std::find(peers->nodes.begin(), peers->nodes.end(), node);
+    if (it == peers->nodes.end()) {
+      peers->nodes.push_back(node);
+      peers->ranks.emplace_back();
+      it = peers->nodes.end() - 1;
+    }
+    peers->ranks[static_cast<size_t>(it - peers->nodes.begin())].push_back(rank);
+  }
+  gen.peers = peers;
+  std::vector<std::string> addresses(static_cast<size_t>(world));
+  for (size_t i = 0; i < gen.ranks.size(); ++i) addresses[static_cast<size_t>(gen.ranks[i])] = gen.rings[i]->bound().to_string();
+  msg::TrainJoinRequest join;
+  join.job_id = job.record.status.job_id;
+  join.secret = job.secret;
+  join.config_yaml = job.record.config_yaml;
+  join.config_name = job.record.config_name;
+  join.home = self_address;
+  join.run_id = job.record.status.run_id;
+  join.world_size = world;
+  std::string listed;
+  for (const auto& node : peers->nodes) listed += (listed.empty() ? "" : ", ") + node;
+  append_log(self, job, "log", "info", job.record.status.step, "joining the job's other nodes: " + listed);
+  gen.coordinating = true;
+  gen.coordinator = std::thread([self, handle = caf::actor_cast<caf::actor>(self), peers, join, addresses,
+                                 token = self->state.context.peer_token, number = gen.number]() mutable {
+    Status joined;
+    for (size_t i = 0; i < peers->nodes.size() && joined.ok(); ++i) {
+      const std::string& node = peers->nodes[i];
+      ClientOptions client_options;
+      client_options.address = node;
+      client_options.token = token;
+      client_options.reconnect = false;
+      client_options.client_name = "cairn-node/train";
+      auto client = Client::connect(client_options);
+      if (!client.ok()) {
+        joined = client.status().with_context("train.join on node " + node);
+        break;
+      }
+      peers->clients.push_back(std::move(client).value());
+      auto request = join;
+      request.ranks = peers->ranks[i];
+      // Preparing loads the tokenizer and the datasets there: allow it time.
+      auto reply = peers->clients.back()->call_as<msg::TrainJoinReply>(msg::kTrainJoin, request, std::chrono::minutes(30));
+      if (!reply.ok()) {
+        joined = reply.status().with_context("train.join on node " + node);
+        break;
+      }
+      std::vector<std::string> got = reply->addresses;
+      if (got.empty()) got.push_back(reply->address);
+      if (got.size() != request.ranks.size()) {
+        joined = Status(Code::internal, "train.join on node " + node + ": " + std::to_string(got.size()) +
+                                            " ring addresses for " + std::to_string(request.ranks.size()) + " ranks");
+        break;
+      }
+      for (size_t j = 0; j < got.size(); ++j) addresses[static_cast<size_t>(request.ranks[j])] = got[j];
+    }
+    const std::string job_id = join.job_id;
+    caf::anon_send(handle, Continuation{[=] { on_joined(self, job_id, number, joined, addresses); }});
+  });
 }
 
 void on_worker_done(Self self, const WorkerDone& done) {
@@ -434,7 +700,7 @@ void on_worker_done(Self self, const WorkerDone& done) {
   if (done.rank < static_cast<int>(workers.size())) {
     workers[static_cast<size_t>(done.rank)].state = done.status.ok() ? "done" : gen.ending ? "stopped" : "failed";
   }
-  if (done.rank == 0 && done.status.ok()) {
+  if (!gen.ranks.empty() && done.rank == gen.ranks.front() && done.status.ok()) {
     gen.stop_reason = done.stop_reason;
     gen.parameters_digest = done.parameters_digest;
     job->record.status.step = done.step;
@@ -497,9 +763,9 @@ void on_down(Self self, const caf::down_msg& down) {
     Generation& gen = *job.generation;
     auto matches = [&](const caf::actor& a) { return a && a.address() == down.source; };
     std::string what;
-    for (size_t rank = 0; rank < gen.trainers.size() && what.empty(); ++rank) {
-      if (matches(gen.trainers[rank])) what = job_actor_name(id, "trainer", static_cast<int>(rank));
-      if (matches(gen.shards[rank])) what = job_actor_name(id, "shard", static_cast<int>(rank));
+    for (size_t i = 0; i < gen.trainers.size() && what.empty(); ++i) {
+      if (matches(gen.trainers[i])) what = job_actor_name(id, "trainer", gen.ranks[i]);
+      if (matches(gen.shards[i])) what = job_actor_name(id, "shard", gen.ranks[i]);
     }
     if (what.empty() && matches(gen.param_sync)) what = job_actor_name(id, "param-sync");
     if (what.empty()) continue;
@@ -519,6 +785,25 @@ void finalize(Self self, Job& job, std::string_view state, const std::string& re
   }
   status.eta_s = 0;
   set_state(self, job, state, reason);
+  if (job.guest) {
+    if (job.join_call) job.join_call->fail(Status(Code::unavailable, "train.join: " + reason));
+    if (job.start_call) {
+      if (state == msg::kJobSucceeded || state == msg::kJobStopped) {
+        msg::TrainStartReply done;
+        done.step = status.step;
+        done.parameters_digest = status.parameters_digest;
+        job.start_call->reply(done);
+      } else {
+        job.start_call->fail(Status(state == msg::kJobCancelled ? Code::cancelled : Code::unavailable,
+                                    "ranks of job " + status.job_id + " on node " + self->state.context.node_name +
+                                        " " + std::string(state) + ": " + reason));
+      }
+    }
+    job.join_call = nullptr;
+    job.start_call = nullptr;
+    job.generation.reset();
+    return;
+  }
   if (!status.run_id.empty()) {
     msg::LogBatchRequest tags;
     tags.run_id = status.run_id;
@@ -577,9 +862,24 @@ void submit(Self self, const CallPtr& call) {
   auto config = parse_train_config(*yaml, source, &warnings);
   if (!config.ok()) return call->fail(config.status());
   if (!config->nodes.empty()) {
-    return call->fail(Status(Code::invalid_argument,
-                             source + ": nodes: jobs placed on other nodes are not supported by this node yet; "
-                                      "leave nodes out to run every worker here"));
+    const auto& address = self->state.context.self_address;
+    const std::string here = address ? address() : std::string();
+    if (here.empty()) {
+      return call->fail(Status(Code::invalid_argument,
+                               source + ": nodes: this node cannot place workers on other nodes (it does not know "
+                                        "its own address); leave nodes out to run every worker here"));
+    }
+    if (config->nodes.front() != here) {
+      return call->fail(Status(Code::invalid_argument,
+                               source + ": nodes: the first entry must be this node (" + here +
+                                   "), which runs rank 0 and owns the job; got \"" + config->nodes.front() + "\""));
+    }
+    if (config->base_model.kind == ModelReference::Kind::registry) {
+      return call->fail(Status(Code::invalid_argument,
+                               source + ": base_model: a registry model (\"" + config->base_model.to_string() +
+                                   "\") is not supported in a job spanning nodes yet; use a local directory "
+                                   "readable at the same path on every node"));
+    }
   }
   if (!self->state.context.directory->find("registry")) {
     return call->fail(Status(Code::unavailable, call->op() +
@@ -673,9 +973,111 @@ void submit(Self self, const CallPtr& call) {
                 });
 }
 
+// ---- node to node: the ranks of another node's job ----
+
+void join(Self self, const CallPtr& call) {
+  auto request = call->body<msg::TrainJoinRequest>();
+  if (!request.ok()) return call->fail(request.status());
+  if (request->ranks.empty() || request->secret.empty()) {
+    return call->fail(Status(Code::bad_request, call->op() + ": ranks and secret must not be empty"));
+  }
+  if (Job* existing = find_job(self, request->job_id)) {
+    if (!existing->guest) {
+      return call->fail(Status(Code::already_exists, call->op() + ": job " + request->job_id + " is a job of this node"));
+    }
+    if (existing->generation) {
+      return call->fail(
+          Status(Code::unavailable, call->op() + ": the ranks of job " + request->job_id + " are still running here"));
+    }
+    self->state.jobs.erase(request->job_id);
+  }
+  Job& job = self->state.jobs[request->job_id];
+  job.guest = true;
+  job.secret = request->secret;
+  job.guest_ranks = request->ranks;
+  job.join_call = call;
+  job.record.config_yaml = request->config_yaml;
+  job.record.config_name = request->config_name.empty() ? "job.yaml" : request->config_name;
+  job.record.submitted_by = who(call);
+  auto& status = job.record.status;
+  status.job_id = request->job_id;
+  status.name = request->job_id;
+  status.state = std::string(msg::kJobQueued);
+  status.started_ms = status.updated_ms = unix_ms();
+  append_log(self, job, "log", "info", 0, "joined from node " + request->home + " (run " + request->run_id + ")");
+  start_generation(self, job);
+}
+
+// The guest job `job_id` if `secret` is its secret; else fails the call.
+Job* guest_job(Self self, const CallPtr& call, const std::string& job_id, const std::string& secret) {
+  Job* job = find_job(self, job_id);
+  if (job == nullptr || !job->guest) {
+    call->fail(Status(Code::not_found, call->op() + ": no joined job \"" + job_id + "\""));
+    return nullptr;
+  }
+  if (job->secret != secret) {
+    call->fail(Status(Code::permission_denied, call->op() + ": wrong secret for job " + job_id));
+    return nullptr;
+  }
+  return job;
+}
+
+void start_guest(Self self, const CallPtr& call) {
+  auto request = call->body<msg::TrainStartRequest>();
+  if (!request.ok()) return call->fail(request.status());
+  Job* job = guest_job(self, call, request->job_id, request->secret);
+  if (job == nullptr) return;
+  Generation* gen = job->generation.get();
+  if (gen == nullptr || gen->preparing || gen->started || gen->ending) {
+    return call->fail(Status(Code::unavailable, call->op() + ": job " + request->job_id + " is not waiting to start"));
+  }
+  std::vector<HostPort> peers;
+  for (const auto& address : request->addresses) {
+    auto parsed = parse_host_port(address);
+    if (!parsed.ok()) return call->fail(parsed.status().with_context(call->op() + ": addresses"));
+    peers.push_back(*parsed);
+  }
+  for (const auto& ring : gen->rings) {
+    Status set = ring->set_peers(peers);
+    if (!set.ok()) return call->fail(set.with_context(call->op()));
+  }
+  job->start_call = call;
+  call->on_cancel([self, handle = caf::actor_cast<caf::actor>(self), job_id = request->job_id, number = gen->number] {
+    caf::anon_send(handle, Continuation{[=] {
+                     Job* job = find_job(self, job_id);
+                     if (job == nullptr || !job->generation || job->generation->number != number) return;
+                     job->start_call = nullptr;
+                     job->cancelling = true;
+                     job->cancel_reason = "train.start was cancelled by the home node";
+                     stop_generation(self, *job, Status(Code::cancelled, job->cancel_reason));
+                     maybe_end_generation(self, *job);
+                   }});
+  });
+  start_workers(self, *job);
+}
+
+void abort_guest(Self self, const CallPtr& call) {
+  auto request = call->body<msg::TrainAbortRequest>();
+  if (!request.ok()) return call->fail(request.status());
+  Job* job = guest_job(self, call, request->job_id, request->secret);
+  if (job == nullptr) return;
+  if (job->generation && !job->cancelling) {
+    job->cancelling = true;
+    job->cancel_reason = "aborted by the home node" + (request->reason.empty() ? "" : ": " + request->reason);
+    if (!job->generation->preparing) {
+      stop_generation(self, *job, Status(Code::cancelled, job->cancel_reason));
+      maybe_end_generation(self, *job);
+    }
+  }
+  call->reply(msg::Empty{});
+}
+
 void serve(Self self, const CallPtr& call) {
   const std::string& op = call->op();
   if (op == msg::kTrainSubmit) return submit(self, call);
+  if (op == msg::kTrainJoin) return join(self, call);
+  if (op == msg::kTrainStart) return start_guest(self, call);
+  if (op == msg::kTrainAbort) return abort_guest(self, call);
   if (op == msg::kTrainList) {
     auto request = call->body<msg::TrainListRequest>();
     if (!request.ok()) return call->fail(request.status());

@@ -29,6 +29,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -68,6 +69,12 @@ struct TrainContext {
   // under <work_dir>/; created as needed.
   std::string work_dir;
   std::string node_name;  // for WorkerStatus::node
+  // This node's protocol address ("host:port", as bound), read when a job lists `nodes:`: the job
+  // runs the ranks placed on the entry equal to it. Unset or "": jobs with nodes are refused.
+  std::function<std::string()> self_address;
+  // The token this node presents to the other nodes of a job (train.join / start / abort need
+  // the admin role there): the node's own admin token, so the nodes must share a token file.
+  std::string peer_token;
   TrainOptions options;
 };
 

@@ -252,10 +252,12 @@ struct TrainJoinRequest {
 struct TrainJoinReply {
   std::string address;  // "host:port" of this node's ring endpoint for the job's first local rank
   std::string node;     // this node's name
+  std::vector<std::string> addresses;  // the ring endpoint of each of `ranks`, in their order
   template <class V>
   void fields(V& v) {
     v("address", address);
     v.optional("node", node);
+    v.optional("addresses", addresses);
   }
 };
 

@@ -2,7 +2,7 @@
 // submitted with the C++ client and interrupted twice: its trainer actor is killed with
 // node.kill_actor, and the node itself is SIGKILLed after a checkpoint and started again on the same
 // data dir. Each time the job resumes from its last checkpoint and ends with the same parameters as
-// an uninterrupted run of the same config.
+// an uninterrupted run of the same config. A job spanning two nodes trains like one on a single node.
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -207,6 +207,52 @@ TEST_F(TrainIntegrationTest, NodeSigkilledAfterACheckpointResumesTheJobOnRestart
   EXPECT_EQ(final->restarts, 1u);
   EXPECT_EQ(final->step, 24);
   EXPECT_EQ(final->parameters_digest, expected);
+}
+
+// Issue #5: two node processes on loopback (sharing one token file) train one job together, rank 0
+// on the node it was submitted to and rank 1 on the other (static membership: the config's
+// `nodes:`). Its final loss equals the same job's with both workers on one node, up to the order
+// the ring and the in-process group sum in.
+TEST_F(TrainIntegrationTest, TwoNodesTrainOneJobTogether) {
+  NodeOptions second = train_node_options();
+  second.admin_token = node_->admin_token();
+  second.client_token = node_->client_token();
+  std::unique_ptr<NodeProcess> other;
+  CAIRN_ASSERT_OK_AND_ASSIGN(other, NodeProcess::start(second));
+
+  auto run = [&](std::vector<std::string> overrides) -> Result<msg::JobStatus> {
+    msg::TrainSubmitRequest request;
+    request.config_yaml = job_yaml(data_dir_.path("data.jsonl"));
+    request.config_name = data_dir_.path("job.yaml");
+    request.overrides = {"max_steps=10", "num_workers=2"};
+    for (auto& o : overrides) request.overrides.push_back(o);
+    auto submitted = client_->call_as<msg::TrainSubmitReply>(msg::kTrainSubmit, request, 60s);
+    if (!submitted.ok()) return submitted.status();
+    return wait_final(*client_, submitted->job_id);
+  };
+  auto local = run({});
+  ASSERT_TRUE(local.ok()) << local.status().to_string() << node_->diagnostics();
+  ASSERT_EQ(local->state, "succeeded") << local->reason << node_->diagnostics();
+
+  auto spanning = run({"nodes=[" + node_->address() + ", " + other->address() + "]"});
+  ASSERT_TRUE(spanning.ok()) << spanning.status().to_string() << node_->diagnostics();
+  EXPECT_EQ(spanning->state, "succeeded") << spanning->reason << node_->diagnostics() << other->diagnostics();
+  EXPECT_EQ(spanning->step, 10);
+  ASSERT_EQ(spanning->workers.size(), 2u);
+  EXPECT_EQ(spanning->workers[1].node, other->address());
+  EXPECT_GT(local->loss, 0);
+  EXPECT_NEAR(spanning->loss, local->loss, 1e-3 * local->loss);
+  // Two ranks: each sum is a + b on both paths, so the parameters are bitwise equal too.
+  EXPECT_EQ(spanning->parameters_digest, local->parameters_digest);
+
+  // The first entry must be the node the job is submitted to (it runs rank 0).
+  msg::TrainSubmitRequest wrong;
+  wrong.config_yaml = job_yaml(data_dir_.path("data.jsonl"));
+  wrong.overrides = {"num_workers=2", "nodes=[" + other->address() + ", " + node_->address() + "]"};
+  auto refused = client_->call_as<msg::TrainSubmitReply>(msg::kTrainSubmit, wrong, 60s);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Code::invalid_argument);
+  EXPECT_NE(refused.status().message().find("nodes"), std::string::npos) << refused.status().message();
 }
 
 }  // namespace
