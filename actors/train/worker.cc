@@ -88,16 +88,6 @@ Status export_version(storage::BlobStore& blobs, const msg::ModelVersion& versio
 
 Result<msg::ModelVersion> get_version(const Directory& directory, const msg::GetVersionRequest& request,
                                       std::chrono::milliseconds timeout) {
-  if (request.alias == "latest") {
-    // Not an alias the registry stores: NAME@latest is the model's newest version.
-    auto latest = call_local_blocking<msg::LatestVersionsReply>(
-        directory, "registry", std::string(msg::kGetLatestVersions), msg::ModelNameRequest{request.name}, timeout);
-    if (!latest.ok()) return latest.status();
-    if (latest->model_versions.empty()) {
-      return Status(Code::not_found, "registered model '" + request.name + "' has no versions");
-    }
-    return latest->model_versions.front();
-  }
   auto reply = call_local_blocking<msg::VersionReply>(directory, "registry", std::string(msg::kGetVersion), request,
                                                       timeout);
   if (!reply.ok()) return reply.status();
