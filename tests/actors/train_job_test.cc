@@ -22,6 +22,7 @@
 #include "actors/train/worker.h"
 #include "runtime/messages/registry.h"
 #include "runtime/messages/train.h"
+#include "tests/integration/tiny_job.h"
 #include "storage/blob_store.h"
 #include "storage/job_store.h"
 #include "storage/registry_store.h"
@@ -33,7 +34,6 @@ namespace fs = std::filesystem;
 using std::chrono::milliseconds;
 
 constexpr milliseconds kJobTimeout{180000};
-const std::string kTokenizer = std::string(CAIRN_SOURCE_DIR) + "/../shared/fixtures/hf/tiny-llama/tokenizer.json";
 
 std::vector<std::string> all_families() {
   auto families = storage::registry_families();
@@ -126,22 +126,7 @@ class TrainJobTest : public ::testing::Test {
   }
 
   std::string config_yaml(const std::string& extra = "") const {
-    return "architecture:\n"
-           "  hidden_size: 32\n"
-           "  intermediate_size: 64\n"
-           "  num_hidden_layers: 2\n"
-           "  num_attention_heads: 2\n"
-           "tokenizer: " + kTokenizer + "\n"
-           "datasets:\n"
-           "  - path: " + dir_ + "/data.jsonl\n"
-           "    type: completion\n"
-           "sequence_len: 32\n"
-           "excess_length_strategy: split\n"
-           "micro_batch_size: 2\n"
-           "learning_rate: 0.01\n"
-           "max_steps: 12\n"
-           "logging_steps: 1\n"
-           "seed: 7\n" + extra;
+    return testing::tiny_job_yaml(dir_ + "/data.jsonl", "max_steps: 12\nlogging_steps: 1\nseed: 7\n" + extra);
   }
 
   template <class Reply, class Request>

@@ -10,6 +10,7 @@
 
 #include "node_process.h"
 #include "test_util.h"
+#include "tiny_job.h"
 
 namespace cairn::testing {
 namespace {
@@ -17,38 +18,11 @@ namespace {
 using namespace std::chrono_literals;
 using nlohmann::json;
 
-const std::string kTokenizer = std::string(CAIRN_SOURCE_DIR) + "/../shared/fixtures/hf/tiny-llama/tokenizer.json";
 constexpr auto kCommandTimeout = 120s;
 
 std::string job_yaml(const std::string& data_path, int max_steps, const std::string& extra = "") {
-  return "architecture:\n"
-         "  hidden_size: 32\n"
-         "  intermediate_size: 64\n"
-         "  num_hidden_layers: 2\n"
-         "  num_attention_heads: 2\n"
-         "tokenizer: " + kTokenizer + "\n"
-         "datasets:\n"
-         "  - path: " + data_path + "\n"
-         "    type: completion\n"
-         "sequence_len: 32\n"
-         "excess_length_strategy: split\n"
-         "micro_batch_size: 2\n"
-         "learning_rate: 0.01\n"
-         "max_steps: " + std::to_string(max_steps) + "\n"
-         "logging_steps: 1\n"
-         "output_model: cli-tiny\n"
-         "seed: 3\n" + extra;
-}
-
-std::string completion_jsonl(int lines) {
-  static const char* kWords[] = {"the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "red", "big", "sun"};
-  std::string out;
-  for (int i = 0; i < lines; ++i) {
-    std::string text;
-    for (int w = 0; w < 5 + i % 4; ++w) text += std::string(w ? " " : "") + kWords[(i * 5 + w * 7) % 12];
-    out += "{\"text\": \"" + text + "\"}\n";
-  }
-  return out;
+  return tiny_job_yaml(data_path, "max_steps: " + std::to_string(max_steps) +
+                                      "\nlogging_steps: 1\noutput_model: cli-tiny\nseed: 3\n" + extra);
 }
 
 struct Output {
@@ -93,7 +67,7 @@ class TrainCliTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_NE(node_, nullptr) << (start_error_ ? *start_error_ : "");
     data_path_ = dir_.path("data.jsonl");
-    ASSERT_TRUE(write_file(data_path_, completion_jsonl(40)).ok());
+    ASSERT_TRUE(write_file(data_path_, tiny_completion_jsonl(40)).ok());
   }
 
   // Writes `yaml` as NAME and returns its path.

@@ -16,13 +16,13 @@
 #include "runtime/messages/node.h"
 #include "runtime/messages/train.h"
 #include "test_util.h"
+#include "tiny_job.h"
 
 namespace cairn::testing {
 namespace {
 
 using namespace std::chrono_literals;
 
-const std::string kTokenizer = std::string(CAIRN_SOURCE_DIR) + "/../shared/fixtures/hf/tiny-llama/tokenizer.json";
 constexpr auto kJobTimeout = 300s;
 
 NodeOptions train_node_options() {
@@ -32,34 +32,7 @@ NodeOptions train_node_options() {
 }
 
 std::string job_yaml(const std::string& data_path) {
-  return "architecture:\n"
-         "  hidden_size: 32\n"
-         "  intermediate_size: 64\n"
-         "  num_hidden_layers: 2\n"
-         "  num_attention_heads: 2\n"
-         "tokenizer: " + kTokenizer + "\n"
-         "datasets:\n"
-         "  - path: " + data_path + "\n"
-         "    type: completion\n"
-         "sequence_len: 32\n"
-         "excess_length_strategy: split\n"
-         "micro_batch_size: 2\n"
-         "learning_rate: 0.01\n"
-         "max_steps: 24\n"
-         "save_steps: 6\n"
-         "logging_steps: 2\n"
-         "seed: 11\n";
-}
-
-std::string completion_jsonl(int lines) {
-  static const char* kWords[] = {"the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "red", "big", "sun"};
-  std::string out;
-  for (int i = 0; i < lines; ++i) {
-    std::string text;
-    for (int w = 0; w < 5 + i % 4; ++w) text += std::string(w ? " " : "") + kWords[(i * 5 + w * 7) % 12];
-    out += "{\"text\": \"" + text + "\"}\n";
-  }
-  return out;
+  return tiny_job_yaml(data_path, "max_steps: 24\nsave_steps: 6\nlogging_steps: 2\nseed: 11\n");
 }
 
 Result<msg::TrainSubmitReply> submit(Client& client, const std::string& yaml, const std::string& name) {
@@ -123,7 +96,7 @@ Result<msg::JobStatus> wait_final(Client& client, const std::string& job_id) {
 class TrainIntegrationTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    CAIRN_ASSERT_OK(write_file(data_dir_.path("data.jsonl"), completion_jsonl(60)));
+    CAIRN_ASSERT_OK(write_file(data_dir_.path("data.jsonl"), tiny_completion_jsonl(60)));
     CAIRN_ASSERT_OK_AND_ASSIGN(node_, NodeProcess::start(train_node_options()));
     CAIRN_ASSERT_OK_AND_ASSIGN(client_, Client::connect(node_->client_options(Role::admin)));
   }
