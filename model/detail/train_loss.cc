@@ -1,11 +1,53 @@
 #include "model/detail/train_loss.h"
 
+#include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
 
 namespace cairn::detail {
 namespace {
+
+// Rows per block of the CPU matrix products below. CPU BLAS runs single-threaded here
+// (OPENBLAS_NUM_THREADS=1, the ATen threads being the parallelism), so each product is split
+// into fixed-size row blocks that the ATen threads share. The split depends on the shapes only,
+// never on the thread count, so the results are the same bits whatever the threads.
+constexpr int64_t kBlockRows = 256;
+
+// out[r] = a[r] @ b for the rows r of a (out: a contiguous [a.size(0), b.size(1)]).
+void mm_rows(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  const int64_t rows = a.size(0);
+  if (!a.device().is_cpu() || rows <= kBlockRows) {
+    at::mm_out(out, a, b);
+    return;
+  }
+  const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    at::NoGradGuard no_grad;  // grad mode is per thread; the worker threads' is on
+    for (int64_t block = first; block < last; ++block) {
+      const int64_t begin = block * kBlockRows, len = std::min(kBlockRows, rows - begin);
+      at::Tensor rows_out = out.narrow(0, begin, len);
+      at::mm_out(rows_out, a.narrow(0, begin, len), b);
+    }
+  });
+}
+
+// acc += a.t() @ b, split over the rows of acc (the columns of a).
+void add_mm_t_rows(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
+  const int64_t rows = acc.size(0);
+  if (!acc.device().is_cpu() || rows <= kBlockRows) {
+    acc.addmm_(a.t(), b);
+    return;
+  }
+  const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    at::NoGradGuard no_grad;  // grad mode is per thread; the worker threads' is on
+    for (int64_t block = first; block < last; ++block) {
+      const int64_t begin = block * kBlockRows, len = std::min(kBlockRows, rows - begin);
+      acc.narrow(0, begin, len).addmm_(a.narrow(1, begin, len).t(), b);
+    }
+  });
+}
 
 // Loss and both gradients in one pass over the chunks (as Liger's fused linear cross-entropy).
 struct FusedLinearCrossEntropy : torch::autograd::Function<FusedLinearCrossEntropy> {
@@ -19,7 +61,9 @@ struct FusedLinearCrossEntropy : torch::autograd::Function<FusedLinearCrossEntro
       const int64_t len = std::min(chunk, n - begin);
       at::Tensor h = hidden.narrow(0, begin, len);
       at::Tensor t = targets.narrow(0, begin, len).unsqueeze(1);
-      at::Tensor logits = at::mm(h, weight.t()).to(at::kFloat);  // [len, vocab]
+      at::Tensor logits = at::empty({len, weight.size(0)}, h.options());  // [len, vocab]
+      mm_rows(logits, h, weight.t());
+      logits = logits.to(at::kFloat);
       at::Tensor target_logits = logits.gather(1, t);
       if (!hidden_grad && !weight_grad) {
         loss.add_((logits.logsumexp(1, /*keepdim=*/true) - target_logits).sum());
@@ -34,8 +78,11 @@ struct FusedLinearCrossEntropy : torch::autograd::Function<FusedLinearCrossEntro
       grad_logits.div_(sum);
       grad_logits.scatter_add_(1, t, at::full({len, 1}, -1.0f, grad_logits.options()));
       at::Tensor g = grad_logits.to(hidden.scalar_type());
-      if (hidden_grad) grad_hidden.narrow(0, begin, len).copy_(at::mm(g, weight));
-      if (weight_grad) grad_weight.addmm_(grad_logits.t(), h.to(at::kFloat));
+      if (hidden_grad) {
+        at::Tensor rows = grad_hidden.narrow(0, begin, len);
+        mm_rows(rows, g, weight);
+      }
+      if (weight_grad) add_mm_t_rows(grad_weight, grad_logits, h.to(at::kFloat));
     }
     ctx->saved_data["grad_hidden"] = grad_hidden;
     ctx->saved_data["grad_weight"] = weight_grad ? grad_weight.to(weight.scalar_type()) : grad_weight;
