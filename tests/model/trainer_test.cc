@@ -173,13 +173,13 @@ double relative_difference(const Trainer& a, const Trainer& b) {
 }
 
 // The chunked, fused loss and its gradients against the plain computation: full logits, shifted
-// cross-entropy with ignore_index, autograd.
-TEST(Trainer, LossAndGradientsMatchPlainCrossEntropy) {
+// cross-entropy with ignore_index, autograd. `chunk_tokens` as TrainerOptions::loss_chunk_tokens.
+void check_loss_matches_plain_cross_entropy(int64_t chunk_tokens, int64_t n) {
   TrainerOptions options;
-  options.loss_chunk_tokens = 50;  // several chunks, the last one partial
+  options.loss_chunk_tokens = chunk_tokens;
   auto trainer = make_trainer(scratch_config(), scratch_init(2), options);
   ASSERT_TRUE(trainer);
-  const std::vector<PackedRow> rows = corpus_rows(0, 3);
+  const std::vector<PackedRow> rows = corpus_rows(0, n);
   CAIRN_MODEL_ASSERT_OK(trainer->accumulate(rows));
   const at::Tensor fused_grads = TrainerTorchAccess::accumulated_gradients(*trainer);
 
@@ -192,12 +192,12 @@ TEST(Trainer, LossAndGradientsMatchPlainCrossEntropy) {
     for (int32_t len : row.doc_lens) docs.insert(docs.end(), len, doc++);
   }
   ForwardInput input;
-  input.input_ids = at::tensor(ids, at::kLong).view({3, kSequence});
-  input.position_ids = at::tensor(positions, at::kLong).view({3, kSequence});
-  input.attention_mask = at::tensor(docs, at::kLong).view({3, kSequence});
+  input.input_ids = at::tensor(ids, at::kLong).view({n, kSequence});
+  input.position_ids = at::tensor(positions, at::kLong).view({n, kSequence});
+  input.attention_mask = at::tensor(docs, at::kLong).view({n, kSequence});
   auto logits = trainer->model().forward(input);
   ASSERT_TRUE(logits.ok()) << logits.status().to_string();
-  at::Tensor targets = at::tensor(labels, at::kLong).view({3, kSequence}).narrow(1, 1, kSequence - 1);
+  at::Tensor targets = at::tensor(labels, at::kLong).view({n, kSequence}).narrow(1, 1, kSequence - 1);
   at::Tensor shifted = logits->narrow(1, 0, kSequence - 1);
   at::Tensor loss = at::cross_entropy_loss(shifted.reshape({-1, shifted.size(-1)}), targets.reshape({-1}), {},
                                            at::Reduction::Sum, kIgnoreLabel);
@@ -217,6 +217,15 @@ TEST(Trainer, LossAndGradientsMatchPlainCrossEntropy) {
   EXPECT_EQ(eval->tokens, trained);
   EXPECT_NEAR(eval->loss, loss.item<double>() / static_cast<double>(trained), 1e-5);
   EXPECT_NEAR(eval->perplexity, std::exp(eval->loss), 1e-9 * eval->perplexity);
+}
+
+TEST(Trainer, LossAndGradientsMatchPlainCrossEntropy) {
+  check_loss_matches_plain_cross_entropy(50, 3);  // several chunks, the last one partial
+}
+
+// One chunk of more than kBlockRows (256) tokens: the products split into row blocks across threads.
+TEST(Trainer, LossAndGradientsMatchPlainCrossEntropyInRowBlocks) {
+  check_loss_matches_plain_cross_entropy(4096, 6);
 }
 
 TEST(Trainer, SameSeedSameLossCurveBitwise) {
