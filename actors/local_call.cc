@@ -47,24 +47,14 @@ class CallbackSink final : public ReplySink {
   std::shared_ptr<CallbackSink> self_;
 };
 
-std::atomic<uint64_t> next_local_call_id{1};
 
 }  // namespace
-
-CallPtr make_call_with_sink(uint64_t id, const std::string& op, const std::string& encoded_body, Role role,
-                            std::weak_ptr<ReplySink> sink, std::string client_name) {
-  std::string frame;
-  protocol::append_request(frame, id, op, encoded_body);
-  auto handle = wire::unpack_map(frame.data() + protocol::kHeaderBytes, frame.size() - protocol::kHeaderBytes);
-  // The frame was just encoded here, so it decodes; the body lives in the handle's zone.
-  const msgpack::object* body = wire::find_key(handle->get(), "body");
-  return std::make_shared<Call>(id, op, role, std::move(handle).value(), body, std::move(sink), std::move(client_name));
-}
 
 CallPtr send_local_call(const Directory& directory, const std::string& actor, const std::string& op,
                         std::string encoded_body, LocalCallHandlers handlers, Role role) {
   auto sink = CallbackSink::create(std::move(handlers));
-  CallPtr call = make_call_with_sink(next_local_call_id.fetch_add(1), op, encoded_body, role, sink, "cairn-node");
+  // The body was encoded in this process, so it is msgpack.
+  CallPtr call = make_call(next_local_call_id(), op, role, encoded_body, sink, "cairn-node").value();
   caf::actor target = directory.find(actor);
   if (!target) {
     call->fail(Status(Code::unavailable, op + ": actor \"" + actor + "\" is not running on this node"));

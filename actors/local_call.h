@@ -15,11 +15,6 @@
 
 namespace cairn {
 
-// A Call for `op` with an already encoded body, answered into `sink`; what the transport builds for
-// a decoded request frame (tests use it with a recording sink).
-CallPtr make_call_with_sink(uint64_t id, const std::string& op, const std::string& encoded_body, Role role,
-                            std::weak_ptr<ReplySink> sink, std::string client_name = {});
-
 struct LocalCallHandlers {
   // Each `more` reply's body (encoded msgpack). May be empty. Runs on the replying actor's thread:
   // must not block.

@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "cluster/detail/mlflow_json.h"
-#include "cluster/detail/http_calls.h"
 #include "runtime/call.h"
 #include "runtime/messages/registry.h"
 #include "runtime/protocol.h"
@@ -464,7 +463,7 @@ void serve(const std::shared_ptr<const Endpoint>& endpoint, Dispatcher& dispatch
     return;
   }
   auto sink = HttpReplySink::create(responder, endpoint);
-  auto call = detail::make_http_call(endpoint->op, role, *body, sink, kClientName);
+  auto call = make_call(next_local_call_id(), endpoint->op, role, *body, sink, std::string(kClientName));
   if (!call.ok()) {
     sink->send_error(0, call.status());
     return;

@@ -16,7 +16,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "cluster/detail/http_calls.h"
 #include "runtime/call.h"
 #include "runtime/protocol.h"
 #include "runtime/wire.h"
@@ -515,7 +514,7 @@ void serve_generation(Api api, Dispatcher& dispatcher, const TokenStore& tokens,
   const std::string encoded = wire::encode(m.request);
   auto sink = OpenAiSink::create(api, responder, std::move(m));
   const std::string op(api == Api::completions ? msg::kInferCompletions : msg::kInferChat);
-  auto call = detail::make_http_call(op, *role, encoded, sink, kClientName);
+  auto call = make_call(next_local_call_id(), op, *role, encoded, sink, std::string(kClientName));
   if (!call.ok()) return sink->send_error(0, call.status());
   std::weak_ptr<Call> weak = *call;
   responder.on_disconnect([weak] {
@@ -558,7 +557,7 @@ class CallbackSink final : public ReplySink {
 void dispatch_simple(Dispatcher& dispatcher, const std::string& op, Role role,
                      std::function<void(Result<std::string>)> done) {
   auto sink = CallbackSink::create(std::move(done));
-  auto call = detail::make_http_call(op, role, wire::encode(msg::Empty{}), sink, kClientName);
+  auto call = make_call(next_local_call_id(), op, role, wire::encode(msg::Empty{}), sink, std::string(kClientName));
   if (!call.ok()) return sink->send_error(0, call.status());
   dispatcher.dispatch(std::move(call).value());
 }

@@ -1,5 +1,7 @@
 #include "runtime/call.h"
 
+#include <atomic>
+
 namespace cairn {
 
 std::string_view role_name(Role role) {
@@ -81,6 +83,21 @@ void Call::on_cancel(std::function<void()> hook) {
     }
   }
   hook();
+}
+
+Result<CallPtr> make_call(uint64_t id, const std::string& op, Role role, const std::string& encoded_body,
+                          std::weak_ptr<ReplySink> sink, std::string client_name) {
+  std::string frame;
+  protocol::append_request(frame, id, op, encoded_body);
+  auto handle = wire::unpack_map(frame.data() + protocol::kHeaderBytes, frame.size() - protocol::kHeaderBytes);
+  if (!handle.ok()) return handle.status().with_context(op);
+  const msgpack::object* body = wire::find_key(handle->get(), "body");  // lives in the handle's zone
+  return std::make_shared<Call>(id, op, role, std::move(handle).value(), body, std::move(sink), std::move(client_name));
+}
+
+uint64_t next_local_call_id() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
 }
 
 }  // namespace cairn

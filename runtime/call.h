@@ -101,4 +101,13 @@ class Call {
 
 using CallPtr = std::shared_ptr<Call>;
 
+// A Call made inside the process rather than decoded from a connection (the HTTP front ends, actors
+// calling each other, tests), shaped exactly as the transport makes one, so the serving actor
+// cannot tell them apart. `encoded_body` is a msgpack value, or empty for none. Errors:
+// invalid_argument naming `op` when the body is not msgpack.
+Result<CallPtr> make_call(uint64_t id, const std::string& op, Role role, const std::string& encoded_body,
+                          std::weak_ptr<ReplySink> sink, std::string client_name = {});
+// Ids for make_call from one process-wide counter, so calls made in different places never share one.
+uint64_t next_local_call_id();
+
 }  // namespace cairn

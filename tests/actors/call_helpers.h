@@ -42,7 +42,7 @@ class RecordingSink : public ReplySink {
 template <class Body>
 CallPtr make_call(uint64_t id, const std::string& op, const Body& body, Role role,
                   const std::shared_ptr<RecordingSink>& sink) {
-  return make_call_with_sink(id, op, wire::encode(body), role, sink);
+  return cairn::make_call(id, op, role, wire::encode(body), sink).value();
 }
 
 }  // namespace cairn::testing
