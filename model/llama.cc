@@ -6,6 +6,7 @@
 #include <limits>
 #include <set>
 
+#include "model/detail/decode_attention.h"
 #include "model/detail/engine_paged.h"
 #include "model/detail/rope.h"
 #include "model/detail/train_checkpoint.h"
@@ -107,6 +108,37 @@ std::vector<std::pair<std::string, LinearT*>> collect_linears(ImplT& impl) {
   return out;
 }
 
+// Whether decode_attention (float32, CPU) computes the attention of one new position of q.
+bool decode_kernel_applies(const at::Tensor& q) { return q.scalar_type() == at::kFloat && q.device().is_cpu(); }
+
+// The attention output [batch, 1, heads * head_dim] of q (one position per row of the batch,
+// [batch, ..., head_dim] holding each row's heads in order) against the first `total` positions
+// of a KvCache layer's keys and values [batch, kv_heads, capacity, head_dim].
+at::Tensor cached_decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                                   int64_t total, const LlamaConfig& c) {
+  const int64_t batch = q.size(0), heads = c.num_attention_heads, head_dim = c.head_dim;
+  at::Tensor query = q.contiguous();
+  at::Tensor out = at::empty({batch, 1, heads * head_dim}, query.options());
+  detail::DecodeAttentionShape shape;
+  shape.heads = heads;
+  shape.kv_heads = c.num_key_value_heads;
+  shape.head_dim = head_dim;
+  shape.slot_stride = head_dim;
+  shape.head_stride = keys.size(2) * head_dim;
+  shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+  std::vector<detail::DecodeAttentionSequence> sequences(static_cast<size_t>(batch));
+  for (int64_t b = 0; b < batch; ++b) {
+    detail::DecodeAttentionSequence& seq = sequences[static_cast<size_t>(b)];
+    seq.query = query.data_ptr<float>() + b * heads * head_dim;
+    seq.out = out.data_ptr<float>() + b * heads * head_dim;
+    seq.keys = keys[b].data_ptr<float>();
+    seq.values = values[b].data_ptr<float>();
+    seq.total = total;
+  }
+  detail::decode_attention(shape, sequences);
+  return out;
+}
+
 }  // namespace
 
 struct LlamaModel::Impl {
@@ -194,6 +226,10 @@ struct LlamaModel::Impl {
       values.narrow(2, past, length).copy_(v);
       k = keys.narrow(2, 0, total);
       v = values.narrow(2, 0, total);
+      // One new position without a mask: the decode kernel that forward_paged also uses.
+      if (length == 1 && !blocked.defined() && decode_kernel_applies(q)) {
+        return layer.o_proj.forward(cached_decode_attention(q, keys, values, total, c), training);
+      }
     }
     const int64_t keys_len = k.size(2);
     at::Tensor scores = at::matmul(q, k.transpose(-2, -1));
@@ -526,7 +562,20 @@ Result<at::Tensor> LlamaModel::forward_paged(const PagedBatch& batch) const {
 
     const int64_t padding_idx = c.pad_token_id ? *c.pad_token_id : -1;
     at::Tensor hidden = at::embedding(m.embed_tokens, batch.input_ids, padding_idx);  // [tokens, hidden]
-    std::vector<at::Tensor> outs(batch.sequences.size());
+    // Rows of one new position go through the decode kernel, as in forward() with a cache.
+    const bool use_decode_kernel = decode_kernel_applies(hidden);
+    detail::DecodeAttentionShape decode_shape;
+    decode_shape.heads = heads;
+    decode_shape.kv_heads = kv_heads;
+    decode_shape.head_dim = head_dim;
+    decode_shape.slot_stride = kv_heads * head_dim;
+    decode_shape.head_stride = head_dim;
+    decode_shape.scale = static_cast<float>(scale);
+    std::vector<detail::DecodeAttentionSequence> decode;
+    bool needs_gather = false;  // a sequence outside the pool's consecutive blocks takes the matmuls
+    for (const PagedSequence& seq : batch.sequences) {
+      needs_gather |= seq.pool_offset < 0 && !(use_decode_kernel && seq.length == 1);
+    }
     for (size_t i = 0; i < m.layers.size(); ++i) {
       const Layer& layer = m.layers[i];
       const size_t base = i * per_layer;
@@ -541,15 +590,38 @@ Result<at::Tensor> LlamaModel::forward_paged(const PagedBatch& batch) const {
       // The keys and values of sequences whose blocks are not consecutive, in one gather:
       // [sum of their totals, kv_heads, head_dim]. The others read the pool in place.
       at::Tensor keys, values;
-      if (batch.gather_slots.numel() > 0) {
+      if (needs_gather) {
         keys = pool_keys.index_select(0, batch.gather_slots);
         values = pool_values.index_select(0, batch.gather_slots);
       }
-      // Each sequence's attention as forward() computes it for one sequence with a cache: the same
-      // layouts and the same batched matmuls over its kv heads.
+      // Each sequence's attention as forward() computes it for one sequence with a cache: one new
+      // position through the same decode kernel, reading the pool in place; longer rows with the
+      // same layouts and the same batched matmuls over its kv heads.
+      at::Tensor attended = at::empty({tokens, heads * head_dim}, q.options());
+      if (use_decode_kernel) {
+        q = q.contiguous();
+        decode.clear();
+        for (const PagedSequence& seq : batch.sequences) {
+          if (seq.length != 1) continue;
+          detail::DecodeAttentionSequence d;
+          d.query = q.data_ptr<float>() + seq.token_offset * heads * head_dim;
+          d.out = attended.data_ptr<float>() + seq.token_offset * heads * head_dim;
+          d.keys = pool_keys.data_ptr<float>();
+          d.values = pool_values.data_ptr<float>();
+          if (seq.pool_offset >= 0) {
+            d.first_slot = seq.pool_offset;
+          } else {
+            d.slots = batch.gather_slots.data_ptr<int64_t>() + seq.gather_offset;
+          }
+          d.total = seq.past + 1;
+          decode.push_back(d);
+        }
+        detail::decode_attention(decode_shape, decode);
+      }
       for (size_t s = 0; s < batch.sequences.size(); ++s) {
         const PagedSequence& seq = batch.sequences[s];
         const int64_t length = seq.length, total = seq.past + seq.length;
+        if (use_decode_kernel && length == 1) continue;
         at::Tensor sq = q.narrow(0, seq.token_offset, length)
                             .view({length, kv_heads, group, head_dim})
                             .permute({1, 2, 0, 3})
@@ -569,12 +641,11 @@ Result<at::Tensor> LlamaModel::forward_paged(const PagedBatch& batch) const {
           scores.view({kv_heads, group, length, total}).masked_fill_(blocked.view({1, 1, length, total}), lowest);
         }
         at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(sq.scalar_type());
-        outs[s] = at::bmm(probs, sv)
-                      .view({kv_heads, group, length, head_dim})
-                      .permute({2, 0, 1, 3})
-                      .reshape({length, heads * head_dim});
+        attended.narrow(0, seq.token_offset, length)
+            .view({length, kv_heads, group, head_dim})
+            .permute({1, 2, 0, 3})
+            .copy_(at::bmm(probs, sv).view({kv_heads, group, length, head_dim}));
       }
-      at::Tensor attended = outs.size() == 1 ? outs[0] : at::cat(outs, 0);
       hidden = hidden + paged_linear(layer.o_proj, attended, batch, base + 3);
       at::Tensor y = rms_norm(hidden, layer.post_attention_layernorm, c.rms_norm_eps);
       at::Tensor gated = at::silu(paged_linear(layer.gate_proj, y, batch, base + 4)) *
