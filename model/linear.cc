@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "model/detail/row_blocks.h"
+
 namespace cairn {
 
 Linear::Linear(at::Tensor weight, at::Tensor bias) : weight_(std::move(weight)), bias_(std::move(bias)) {}
@@ -14,6 +16,11 @@ at::Tensor Linear::forward(const at::Tensor& x, bool training) const {
   at::Tensor y;
   if (frozen_) {
     y = frozen_->linear(x, bias_);
+  } else if (training && x.device().is_cpu() && at::GradMode::is_enabled() &&
+             (x.requires_grad() || weight_.requires_grad())) {
+    // Training on the CPU: the product and its backward split over the ATen threads (one BLAS
+    // thread here). Inference keeps the single at::linear, and so its bits.
+    y = detail::blocked_linear(x, weight_, bias_);
   } else {
     y = bias_.defined() ? at::linear(x, weight_, bias_) : at::linear(x, weight_);
   }

@@ -8,7 +8,9 @@
 
 #include "model/detail/decode_attention.h"
 #include "model/detail/engine_paged.h"
+#include "model/detail/engine_linear.h"
 #include "model/detail/rope.h"
+#include "model/detail/row_blocks.h"
 #include "model/detail/train_checkpoint.h"
 #include "model/detail/torch_error.h"
 
@@ -232,14 +234,20 @@ struct LlamaModel::Impl {
       }
     }
     const int64_t keys_len = k.size(2);
-    at::Tensor scores = at::matmul(q, k.transpose(-2, -1));
+    // Training on the CPU: the two products and their backward split over batch * kv heads across
+    // the ATen threads (one BLAS thread here). Inference keeps at::matmul, and so its bits.
+    const bool blocked_products = cache == nullptr && training && q.device().is_cpu() && at::GradMode::is_enabled();
+    auto matmul = [blocked_products](const at::Tensor& a, const at::Tensor& b) {
+      return blocked_products ? detail::blocked_matmul(a, b) : at::matmul(a, b);
+    };
+    at::Tensor scores = matmul(q, k.transpose(-2, -1));
     scores.mul_(1.0 / std::sqrt(static_cast<double>(head_dim)));
     if (blocked.defined()) {
       scores.view({batch, kv_heads, group, length, keys_len}).masked_fill_(blocked, lowest_value(scores.scalar_type()));
     }
     at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
     if (training && c.attention_dropout > 0) probs = at::dropout(probs, c.attention_dropout, /*train=*/true);
-    at::Tensor out = at::matmul(probs, v)
+    at::Tensor out = matmul(probs, v)
                          .view({batch, kv_heads, group, length, head_dim})
                          .permute({0, 3, 1, 2, 4})
                          .reshape({batch, length, heads * head_dim});
@@ -530,7 +538,7 @@ namespace {
 // `index` is the layer's position in linear_layers() order.
 at::Tensor paged_linear(const Linear& linear, const at::Tensor& x, const PagedBatch& batch, size_t index,
                         bool logit_rows = false) {
-  at::Tensor y = linear.forward(x);
+  at::Tensor y = detail::column_blocked_linear(linear, x);
   for (const PagedAdapterRows& adapter : batch.adapters) {
     const LoraWeights* lora = (*adapter.linears)[index];
     const at::Tensor& rows = logit_rows ? adapter.logit_rows : adapter.rows;

@@ -1,53 +1,13 @@
 #include "model/detail/train_loss.h"
 
-#include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
 
+#include "model/detail/row_blocks.h"
+
 namespace cairn::detail {
 namespace {
-
-// Rows per block of the CPU matrix products below. CPU BLAS runs single-threaded here
-// (OPENBLAS_NUM_THREADS=1, the ATen threads being the parallelism), so each product is split
-// into fixed-size row blocks that the ATen threads share. The split depends on the shapes only,
-// never on the thread count, so the results are the same bits whatever the threads.
-constexpr int64_t kBlockRows = 256;
-
-// out[r] = a[r] @ b for the rows r of a (out: a contiguous [a.size(0), b.size(1)]).
-void mm_rows(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  const int64_t rows = a.size(0);
-  if (!a.device().is_cpu() || rows <= kBlockRows) {
-    at::mm_out(out, a, b);
-    return;
-  }
-  const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
-  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
-    at::NoGradGuard no_grad;  // grad mode is per thread; the worker threads' is on
-    for (int64_t block = first; block < last; ++block) {
-      const int64_t begin = block * kBlockRows, len = std::min(kBlockRows, rows - begin);
-      at::Tensor rows_out = out.narrow(0, begin, len);
-      at::mm_out(rows_out, a.narrow(0, begin, len), b);
-    }
-  });
-}
-
-// acc += a.t() @ b, split over the rows of acc (the columns of a).
-void add_mm_t_rows(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
-  const int64_t rows = acc.size(0);
-  if (!acc.device().is_cpu() || rows <= kBlockRows) {
-    acc.addmm_(a.t(), b);
-    return;
-  }
-  const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
-  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
-    at::NoGradGuard no_grad;  // grad mode is per thread; the worker threads' is on
-    for (int64_t block = first; block < last; ++block) {
-      const int64_t begin = block * kBlockRows, len = std::min(kBlockRows, rows - begin);
-      acc.narrow(0, begin, len).addmm_(a.narrow(1, begin, len).t(), b);
-    }
-  });
-}
 
 // Loss and both gradients in one pass over the chunks (as Liger's fused linear cross-entropy).
 struct FusedLinearCrossEntropy : torch::autograd::Function<FusedLinearCrossEntropy> {
