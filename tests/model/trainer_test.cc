@@ -3,6 +3,7 @@
 // from a checkpoint, gradient checkpointing, export, and the options it refuses.
 #include "model/trainer.h"
 
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>
 
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "cluster/collective.h"
+#include "model/detail/row_blocks.h"
 #include "model/hf_checkpoint.h"
 #include "model/lora.h"
 #include "model/tokenizer.h"
@@ -248,6 +250,61 @@ TEST(Trainer, SameSeedSameLossCurveBitwise) {
     EXPECT_GT(curves[0][i].tokens, 0);
   }
   EXPECT_EQ(digests[0], digests[1]);
+}
+
+// Training with 1 and 2 ATen threads gives the same bits: the blocked products of the CPU training
+// path (model/detail/row_blocks.h) split by shape, never by thread count. 6 rows of 64 tokens are
+// 384 positions, more than one 256-row block.
+TEST(Trainer, SameBitsWithOneAndTwoThreads) {
+  const int saved_threads = at::get_num_threads();
+  TrainJobConfig config = scratch_config();
+  config.micro_batch_size = 6;
+  std::vector<double> losses;
+  std::vector<std::string> digests;
+  for (int threads : {1, 2}) {
+    TrainerOptions options;
+    options.num_threads = threads;
+    auto trainer = make_trainer(config, scratch_init(2), options);
+    ASSERT_TRUE(trainer);
+    const std::vector<StepStats> curve = train(*trainer, 0, 2, 6);
+    ASSERT_EQ(curve.size(), 2u);
+    losses.push_back(curve.back().loss);
+    digests.push_back(trainer->parameters_digest());
+  }
+  at::set_num_threads(saved_threads);
+  EXPECT_EQ(losses[0], losses[1]);
+  EXPECT_EQ(digests[0], digests[1]);
+}
+
+// The blocked products and their gradients against at::linear and at::matmul, and the same bits
+// with 1 and 2 threads. 600 rows of x are 3 row blocks; 130 weight rows are 3 grad_W blocks.
+TEST(Trainer, BlockedProductsMatchPlainOnes) {
+  const int saved_threads = at::get_num_threads();
+  at::manual_seed(3);
+  const std::vector<at::Tensor> inputs = {at::randn({3, 200, 48}), at::randn({130, 48}), at::randn({130}),
+                                          at::randn({2, 3, 40, 16}), at::randn({2, 3, 16, 24})};
+  const at::Tensor linear_weights = at::randn({3, 200, 130}), matmul_weights = at::randn({2, 3, 40, 24});
+  auto run = [&](bool blocked) {
+    std::vector<at::Tensor> in;
+    for (const at::Tensor& t : inputs) in.push_back(t.clone().requires_grad_());
+    at::Tensor y = blocked ? detail::blocked_linear(in[0], in[1], in[2]) : at::linear(in[0], in[1], in[2]);
+    at::Tensor z = blocked ? detail::blocked_matmul(in[3], in[4]) : at::matmul(in[3], in[4]);
+    at::Tensor loss = (y * linear_weights).sum() + (z * matmul_weights).sum();
+    std::vector<at::Tensor> out = torch::autograd::grad({loss}, in);
+    out.push_back(y.detach());
+    out.push_back(z.detach());
+    return out;
+  };
+  at::set_num_threads(2);
+  const std::vector<at::Tensor> plain = run(false), two = run(true);
+  at::set_num_threads(1);
+  const std::vector<at::Tensor> one = run(true);
+  at::set_num_threads(saved_threads);
+  ASSERT_EQ(plain.size(), 7u);
+  for (size_t i = 0; i < plain.size(); ++i) {
+    EXPECT_LT(testing::max_abs_diff(two[i], plain[i]), 1e-5 * plain[i].abs().max().item<double>()) << "tensor " << i;
+    EXPECT_TRUE(at::equal(one[i], two[i])) << "tensor " << i;
+  }
 }
 
 // 2 ranks on 2 threads, micro-batch b, against 1 rank with micro-batch 2b; the ranks take every
