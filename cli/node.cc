@@ -237,7 +237,9 @@ int run_node(const NodeArgs& args) {
   roles.train.work_dir = config.data_dir + "/train";
   roles.train.node_name = config.name;
   roles.train.self_address = [&server] { return server ? server->bound().to_string() : std::string(); };
-  roles.train.peer_token = tokens->first_token(Role::admin);
+  roles.train.peer_token =
+      config.train_peer_token.empty() ? tokens->first_token(Role::admin) : config.train_peer_token;
+  roles.train.options.peer_timeout = std::chrono::milliseconds(config.train_peer_timeout_ms);
   roles.train.options.max_jobs = config.train_max_jobs;
   roles.train.options.max_restarts = config.train_max_restarts;
   configure_inference(config, roles.inference);

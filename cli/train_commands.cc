@@ -390,7 +390,8 @@ void print_status(const msg::JobStatus& s, const std::string& curve) {
   if (!s.run_id.empty()) std::cout << "run         " << s.run_id << " (experiment " << s.experiment_id << ")\n";
   if (!s.last_checkpoint.model.empty()) std::cout << "checkpoint  " << checkpoint_text(s.last_checkpoint) << "\n";
   for (const auto& w : s.workers) {
-    std::cout << "worker      rank " << w.rank << " on " << w.node << ": " << w.state << "\n";
+    std::cout << "worker      rank " << w.rank << " on " << w.node << ": " << w.state
+              << (w.step > 0 ? ", step " + std::to_string(w.step) : std::string()) << "\n";
   }
   if (s.restarts > 0) std::cout << "restarts    " << s.restarts << "\n";
   if (!s.parameters_digest.empty()) std::cout << "parameters  " << s.parameters_digest << "\n";

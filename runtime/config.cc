@@ -455,6 +455,25 @@ std::vector<Setting> make_settings() {
       "train.max_restarts", &N::train_max_restarts, 0, 10000, Unit::count,
       "Times a training job's workers are restarted from its last checkpoint after a failure "
       "before the job fails."));
+  {
+    // A secret: `cairn config check` shows whether it is set, never the token.
+    Setting peer_token = text_setting(
+        "train.peer_token", &N::train_peer_token, "string",
+        "Token this node presents to the other nodes of a training job spanning nodes: as the job's "
+        "home, for train.join/start/abort (needs the admin role there); on the others, to fetch "
+        "registry models and checkpoints from the home node. \"\" means this node's own admin token "
+        "(the nodes then share a token file).",
+        "a token of the other nodes, or \"\"", "a token", nullptr);
+    peer_token.format = [](const NodeConfig& config) {
+      return config.train_peer_token.empty() ? std::string() : std::string("(set)");
+    };
+    table.push_back(std::move(peer_token));
+  }
+  table.push_back(integer_setting(
+      "train.peer_timeout_ms", &N::train_peer_timeout_ms, 1, kMaxTimeoutMs, Unit::milliseconds,
+      "How long the home node of a training job spanning nodes keeps trying to join another node "
+      "(down, restarting, or still stopping the job's previous ranks) before the job fails, naming "
+      "the node."));
   // serve.*
   table.push_back(serve_models_setting());
   table.push_back(integer_setting(

@@ -66,6 +66,8 @@ struct NodeConfig {
   // train.*
   uint32_t train_max_jobs = 1;      // train.max_jobs: jobs training at once
   uint32_t train_max_restarts = 3;  // train.max_restarts: per job, from its last checkpoint
+  std::string train_peer_token;     // train.peer_token: presented to a job's other nodes; "" = admin token
+  uint32_t train_peer_timeout_ms = 60000;  // train.peer_timeout_ms: waiting for another node of a job
   // serve.* (role inference; docs/CONFIG.md)
   std::vector<std::string> serve_models;             // serve.models: "NAME=SOURCE" to load at start
   uint64_t serve_kv_cache_bytes = 256ull << 20;       // serve.kv_cache_bytes, per loaded version

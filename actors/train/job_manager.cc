@@ -58,6 +58,7 @@ struct Peers {
   std::vector<std::string> nodes;                 // their protocol addresses, in placement order
   std::vector<std::vector<int>> ranks;            // the ranks each runs
   std::vector<std::unique_ptr<Client>> clients;   // one per node that was reached
+  std::vector<std::shared_ptr<Subscription>> starts;  // train.start of each node, once sent
 };
 
 // Rank r of a job over `nodes` runs on nodes[r % nodes.size()]; every rank when `nodes` is empty.
@@ -93,6 +94,9 @@ struct Generation {
   bool preparing = true;
   bool ending = false;  // stop_generation ran: actors told to stop, threads told to stop
   Status failure;       // the first failure of a worker or actor (ok: none)
+  // The failure is not retried from a checkpoint: the job's other nodes could not be joined
+  // within train.peer_timeout, or refused (the coordinator already retried what can be).
+  bool fatal = false;
   std::string stop_reason;         // rank 0's guard message
   std::string parameters_digest;   // rank 0's, at the end
   // For the destructor: where the generation's actors are registered.
@@ -149,6 +153,8 @@ struct Job {
   // answered when the ranks are prepared (join) and when they end (start).
   bool guest = false;
   std::vector<int> guest_ranks;
+  std::string home;               // the home node's protocol address
+  std::string pinned_base_model;  // TrainJoinRequest::base_model
   CallPtr join_call;
   CallPtr start_call;
 };
@@ -242,7 +248,18 @@ void set_state(Self self, Job& job, std::string_view state, const std::string& r
 void set_workers(Job& job, int world_size, const std::string& node, const std::string& state) {
   auto& workers = job.record.status.workers;
   workers.clear();
-  for (int rank = 0; rank < world_size; ++rank) workers.push_back({rank, node, state});
+  for (int rank = 0; rank < world_size; ++rank) workers.push_back({rank, node, state, job.record.status.step});
+}
+
+// Guest: a WorkerEvent for the home node on the train.start stream (none before it started).
+void tell_home(Job& job, int rank, const std::string& state, int64_t step, const std::string& message) {
+  if (!job.guest || !job.start_call || job.start_call->finished()) return;
+  msg::WorkerEvent event;
+  event.rank = rank;
+  event.state = state;
+  event.step = step;
+  event.message = message;
+  job.start_call->more(event);
 }
 
 // ---- registry calls ----
@@ -353,17 +370,23 @@ void end_generation(Self self, Job& job) {
   if (gen->prepared) fs::remove_all(gen->prepared->work_dir, ec);
   auto& status = job.record.status;
   if (job.cancelling) return finalize(self, job, msg::kJobCancelled, job.cancel_reason);
+  if (job.guest && job.join_call && !gen->failure.ok()) {
+    // The ranks could not be prepared here: the home node sees why, with its code (it retries
+    // only what may pass later).
+    job.join_call->fail(gen->failure.with_context("train.join on node " + self->state.context.node_name));
+    job.join_call = nullptr;
+  }
   if (!gen->failure.ok()) {
-    // A job that cannot be prepared fails at once; so does one spanning nodes (its other nodes
-    // cannot resume from the checkpoint yet).
-    const bool retryable = gen->prepared != nullptr && gen->prepared->config.nodes.empty() && !job.guest;
+    // A job that cannot be prepared fails at once, as does one whose other nodes could not be
+    // joined; a guest's ranks are restarted by their home node (a new train.join).
+    const bool retryable = gen->prepared != nullptr && !job.guest && !gen->fatal;
     if (!retryable || status.restarts >= options(self).max_restarts) {
       std::string why = gen->failure.to_string();
       if (retryable) why += " (after " + std::to_string(status.restarts) + " restarts; train.max_restarts)";
       return finalize(self, job, msg::kJobFailed, why);
     }
     ++status.restarts;
-    set_workers(job, static_cast<int>(status.workers.size()), self->state.context.node_name, "restarting");
+    for (auto& worker : status.workers) worker.state = "restarting";
     set_state(self, job, msg::kJobRestarting,
               gen->failure.to_string() + "; restarting from " +
                   (status.last_checkpoint.model.empty()
@@ -400,6 +423,11 @@ void start_generation(Self self, Job& job) {
   request.dataset = job.dataset;
   request.work_dir = self->state.context.work_dir + "/jobs/" + status.job_id;
   request.models_dir = self->state.context.work_dir + "/models";
+  if (job.guest) {
+    request.home = job.home;
+    request.peer_token = self->state.context.peer_token;
+    request.pinned_base_model = job.pinned_base_model;
+  }
   const Directory* directory = self->state.context.directory;
   storage::BlobStore* blobs = self->state.context.blobs;
   const auto timeout = options(self).registry_timeout;
@@ -470,7 +498,8 @@ void on_prepared(Self self, const JobPrepared& message) {
   // The ring listens on the host this node's protocol listener is bound to.
   HostPort host{"127.0.0.1", 0};
   if (auto bound = parse_host_port(self_address); bound.ok()) host.host = bound->host;
-  if (!job->guest && job->secret.empty()) job->secret = generate_token();
+  // A fresh secret per generation: ranks or calls of an earlier generation cannot join this one.
+  if (!job->guest) job->secret = generate_token();
   for (int rank : gen.ranks) {
     RingOptions ring;
     ring.rank = rank;
@@ -542,6 +571,7 @@ void start_workers(Self self, Job& job) {
   gen.started = true;
   auto& status = job.record.status;
   set_workers(job, world, self->state.context.node_name, "running");
+  for (int rank : gen.ranks) tell_home(job, rank, "running", status.step, "");
   if (gen.peers) {
     for (size_t i = 0; i < gen.peers->nodes.size(); ++i) {
       for (int rank : gen.peers->ranks[i]) status.workers[static_cast<size_t>(rank)].node = gen.peers->nodes[i];
@@ -555,15 +585,37 @@ void start_workers(Self self, Job& job) {
                  ", output model " + prepared.output_model);
 }
 
-// A peer's train.start ended (its ranks finished or failed).
+// A peer's train.start ended (its ranks finished or failed, or the node went away).
 void on_peer_done(Self self, const std::string& job_id, uint64_t number, const std::string& node,
-                  const Result<std::string>& reply) {
+                  const Status& ended) {
   Job* job = find_job(self, job_id);
   if (job == nullptr || !job->generation || job->generation->number != number) return;
   Generation& gen = *job->generation;
   --gen.workers_running;
-  if (!reply.ok() && !gen.ending) stop_generation(self, *job, reply.status().with_context("node " + node));
+  if (!ended.ok() && !gen.ending) stop_generation(self, *job, ended.with_context("the job's ranks on node " + node));
   maybe_end_generation(self, *job);
+}
+
+// A rank on another node started, logged a step or ended: its entry in the job's status changes
+// and watchers see it, as for a rank of this node.
+void on_peer_event(Self self, const std::string& job_id, uint64_t number, const std::string& node,
+                   const msg::WorkerEvent& event) {
+  Job* job = find_job(self, job_id);
+  if (job == nullptr || !job->generation || job->generation->number != number) return;
+  auto& status = job->record.status;
+  if (event.rank < 0 || event.rank >= static_cast<int>(status.workers.size())) return;
+  auto& worker = status.workers[static_cast<size_t>(event.rank)];
+  const bool changed = worker.state != event.state;
+  worker.state = event.state;
+  worker.node = node;
+  worker.step = std::max(worker.step, event.step);
+  status.updated_ms = unix_ms();
+  if (changed && event.state != "running") {
+    append_log(self, *job, "log", event.state == "failed" ? "warn" : "info", event.step,
+               "rank " + std::to_string(event.rank) + " on node " + node + " " + event.state +
+                   (event.message.empty() ? "" : ": " + event.message));
+  }
+  notify_watchers(*job);
 }
 
 // The coordinator thread is done: every other node joined (their ring addresses are known), or
@@ -576,7 +628,9 @@ void on_joined(Self self, const std::string& job_id, uint64_t number, const Stat
   if (gen.coordinator.joinable()) gen.coordinator.join();
   gen.coordinating = false;
   if (!joined.ok()) {
+    gen.fatal = true;
     stop_generation(self, *job, joined);
+    abort_peers(gen, *job, joined);  // the nodes that did join; stop_generation ran while coordinating
     return end_generation(self, *job);
   }
   if (gen.ending || job->cancelling) {
@@ -609,14 +663,74 @@ void on_joined(Self self, const std::string& job_id, uint64_t number, const Stat
   auto handle = caf::actor_cast<caf::actor>(self);
   for (size_t i = 0; i < gen.peers->clients.size(); ++i) {
     ++gen.workers_running;
-    gen.peers->clients[i]->call_async(
+    const std::string node = gen.peers->nodes[i];
+    gen.peers->starts.push_back(gen.peers->clients[i]->subscribe(
         msg::kTrainStart, body,
-        [self, handle, job_id, number, node = gen.peers->nodes[i]](Result<std::string> reply) {
-          caf::anon_send(handle, Continuation{[=] { on_peer_done(self, job_id, number, node, reply); }});
+        [self, handle, job_id, number, node](const std::string& item) {
+          auto event = wire::decode_bytes<msg::WorkerEvent>(item);
+          if (!event.ok()) return;
+          caf::anon_send(handle, Continuation{[=] { on_peer_event(self, job_id, number, node, *event); }});
         },
-        std::chrono::hours(24 * 365));
+        [self, handle, job_id, number, node](const Status& ended) {
+          caf::anon_send(handle, Continuation{[=] { on_peer_done(self, job_id, number, node, ended); }});
+        }));
   }
   start_workers(self, *job);
+}
+
+// Whether train.join may pass if tried again: the node is down or restarting, or still stopping the
+// job's ranks of the previous generation.
+bool join_may_pass_later(const Status& status) {
+  return status.code() == Code::unavailable || status.code() == Code::timeout ||
+         status.code() == Code::shutting_down || status.code() == Code::overloaded;
+}
+
+// On the coordinator thread: connects to `node` with the peer token and sends train.join, trying
+// again with backoff while the failure may pass (join_may_pass_later) until `timeout` has passed
+// or `stop` is set. The connected client is appended to `clients`. Errors name the node; a refused
+// token says so.
+Result<msg::TrainJoinReply> join_node(const std::string& node, const std::string& token,
+                                      const msg::TrainJoinRequest& request, std::chrono::milliseconds timeout,
+                                      const std::atomic<bool>& stop, std::vector<std::unique_ptr<Client>>& clients) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto backoff = std::chrono::milliseconds(100);
+  for (int attempt = 1;; ++attempt) {
+    Status failed;
+    ClientOptions client_options;
+    client_options.address = node;
+    client_options.token = token;
+    client_options.reconnect = false;
+    client_options.client_name = "cairn-node/train";
+    auto client = Client::connect(client_options);
+    if (!client.ok()) {
+      failed = client.status();
+    } else {
+      // Preparing loads the tokenizer, the datasets and maybe the base model there: allow it time.
+      auto reply = (*client)->call_as<msg::TrainJoinReply>(msg::kTrainJoin, request, std::chrono::minutes(30));
+      if (reply.ok()) {
+        clients.push_back(std::move(client).value());
+        return reply;
+      }
+      failed = reply.status();
+    }
+    if (failed.code() == Code::unauthenticated || failed.code() == Code::permission_denied) {
+      return Status(failed.code(), "train.join on node " + node + ": the node refused this node's token (set "
+                                   "train.peer_token to an admin token of that node): " + failed.message());
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (!join_may_pass_later(failed) || stop.load() || now + backoff >= deadline) {
+      std::string why = "train.join on node " + node + ": " + failed.message();
+      if (join_may_pass_later(failed) && !stop.load()) {
+        why += " (still failing after " + std::to_string(attempt) + " attempts over " +
+               std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()) +
+               " s; train.peer_timeout_ms)";
+      }
+      return Status(failed.code(), why);
+    }
+    spdlog::info("train {}: train.join on node {} failed ({}); trying again", request.job_id, node, failed.message());
+    std::this_thread::sleep_for(backoff);  // waiting on another process: nothing to wake us sooner
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
+  }
 }
 
 // Home of a job spanning nodes: a thread asks each other node to join (train.join), then posts the
@@ -649,38 +763,28 @@ void coordinate(Self self, Job& job, const std::string& self_address) {
   join.home = self_address;
   join.run_id = job.record.status.run_id;
   join.world_size = world;
+  if (prepared.config.base_model.kind == ModelReference::Kind::registry) join.base_model = prepared.base_model_reference;
+  join.resume_from = job.record.status.last_checkpoint;
   std::string listed;
   for (const auto& node : peers->nodes) listed += (listed.empty() ? "" : ", ") + node;
   append_log(self, job, "log", "info", job.record.status.step, "joining the job's other nodes: " + listed);
   gen.coordinating = true;
   gen.coordinator = std::thread([self, handle = caf::actor_cast<caf::actor>(self), peers, join, addresses,
-                                 token = self->state.context.peer_token, number = gen.number]() mutable {
+                                 token = self->state.context.peer_token, stop = gen.stop,
+                                 timeout = options(self).peer_timeout, number = gen.number]() mutable {
     Status joined;
     for (size_t i = 0; i < peers->nodes.size() && joined.ok(); ++i) {
-      const std::string& node = peers->nodes[i];
-      ClientOptions client_options;
-      client_options.address = node;
-      client_options.token = token;
-      client_options.reconnect = false;
-      client_options.client_name = "cairn-node/train";
-      auto client = Client::connect(client_options);
-      if (!client.ok()) {
-        joined = client.status().with_context("train.join on node " + node);
-        break;
-      }
-      peers->clients.push_back(std::move(client).value());
       auto request = join;
       request.ranks = peers->ranks[i];
-      // Preparing loads the tokenizer and the datasets there: allow it time.
-      auto reply = peers->clients.back()->call_as<msg::TrainJoinReply>(msg::kTrainJoin, request, std::chrono::minutes(30));
+      auto reply = join_node(peers->nodes[i], token, request, timeout, *stop, peers->clients);
       if (!reply.ok()) {
-        joined = reply.status().with_context("train.join on node " + node);
+        joined = reply.status();
         break;
       }
       std::vector<std::string> got = reply->addresses;
       if (got.empty()) got.push_back(reply->address);
       if (got.size() != request.ranks.size()) {
-        joined = Status(Code::internal, "train.join on node " + node + ": " + std::to_string(got.size()) +
+        joined = Status(Code::internal, "train.join on node " + peers->nodes[i] + ": " + std::to_string(got.size()) +
                                             " ring addresses for " + std::to_string(request.ranks.size()) + " ranks");
         break;
       }
@@ -697,9 +801,9 @@ void on_worker_done(Self self, const WorkerDone& done) {
   Generation& gen = *job->generation;
   --gen.workers_running;
   auto& workers = job->record.status.workers;
-  if (done.rank < static_cast<int>(workers.size())) {
-    workers[static_cast<size_t>(done.rank)].state = done.status.ok() ? "done" : gen.ending ? "stopped" : "failed";
-  }
+  const std::string state = done.status.ok() ? "done" : gen.ending ? "stopped" : "failed";
+  if (done.rank < static_cast<int>(workers.size())) workers[static_cast<size_t>(done.rank)].state = state;
+  tell_home(*job, done.rank, state, done.step, done.status.ok() ? done.stop_reason : done.status.to_string());
   if (!gen.ranks.empty() && done.rank == gen.ranks.front() && done.status.ok()) {
     gen.stop_reason = done.stop_reason;
     gen.parameters_digest = done.parameters_digest;
@@ -715,6 +819,18 @@ void on_report(Self self, const WorkerReport& report) {
   Job* job = find_job(self, report.job_id);
   if (job == nullptr || !job->generation || job->generation->number != report.generation) return;
   auto& status = job->record.status;
+  if (report.kind == WorkerReport::Kind::progress && report.rank >= 0 &&
+      report.rank < static_cast<int>(status.workers.size())) {
+    status.workers[static_cast<size_t>(report.rank)].step = report.step;
+  }
+  if (job->guest) {
+    // The home node shows the progress of these ranks (on_peer_event there).
+    if (report.kind == WorkerReport::Kind::progress) tell_home(*job, report.rank, "running", report.step, report.message);
+    return;
+  }
+  // Rank 0 reports the job's metrics; another rank of this node only its step (above), which
+  // watchers see with rank 0's next report.
+  if (report.kind == WorkerReport::Kind::progress && report.rank != 0) return;
   status.updated_ms = unix_ms();
   switch (report.kind) {
     case WorkerReport::Kind::progress: {
@@ -874,12 +990,6 @@ void submit(Self self, const CallPtr& call) {
                                source + ": nodes: the first entry must be this node (" + here +
                                    "), which runs rank 0 and owns the job; got \"" + config->nodes.front() + "\""));
     }
-    if (config->base_model.kind == ModelReference::Kind::registry) {
-      return call->fail(Status(Code::invalid_argument,
-                               source + ": base_model: a registry model (\"" + config->base_model.to_string() +
-                                   "\") is not supported in a job spanning nodes yet; use a local directory "
-                                   "readable at the same path on every node"));
-    }
   }
   if (!self->state.context.directory->find("registry")) {
     return call->fail(Status(Code::unavailable, call->op() +
@@ -995,6 +1105,8 @@ void join(Self self, const CallPtr& call) {
   job.guest = true;
   job.secret = request->secret;
   job.guest_ranks = request->ranks;
+  job.home = request->home;
+  job.pinned_base_model = request->base_model;
   job.join_call = call;
   job.record.config_yaml = request->config_yaml;
   job.record.config_name = request->config_name.empty() ? "job.yaml" : request->config_name;
@@ -1004,7 +1116,12 @@ void join(Self self, const CallPtr& call) {
   status.name = request->job_id;
   status.state = std::string(msg::kJobQueued);
   status.started_ms = status.updated_ms = unix_ms();
-  append_log(self, job, "log", "info", 0, "joined from node " + request->home + " (run " + request->run_id + ")");
+  status.last_checkpoint = request->resume_from;
+  append_log(self, job, "log", "info", 0,
+             "joined from node " + request->home + " (run " + request->run_id + ")" +
+                 (request->resume_from.model.empty()
+                      ? std::string()
+                      : "; resuming from " + request->resume_from.model + "/" + request->resume_from.version));
   start_generation(self, job);
 }
 

@@ -18,7 +18,10 @@
 //   trainer state, the optimizer, the RNG state and each shard's data cursor), or from the start:
 //   when a worker fails (error, crash, kill through node.kill_actor) the job manager stops the
 //   others, aborts the collective and restarts every worker from the last checkpoint, at most
-//   TrainOptions::max_restarts times per job. A node that starts on a data dir with jobs that
+//   TrainOptions::max_restarts times per job. For a job spanning nodes the home node does this for
+//   every node: a rank failing anywhere (or another node's process dying) stops the ranks on all
+//   nodes (train.abort), and the next generation joins them again from the last checkpoint,
+//   waiting up to TrainOptions::peer_timeout for a node to come back. A node that starts on a data dir with jobs that
 //   were not final resumes them the same way. Steps after the checkpoint are recomputed from the
 //   checkpoint's state, so the final parameters equal an uninterrupted run's.
 // - Metrics go to the job's registry run as fire-and-forget registry.log_batch calls (one per
@@ -57,6 +60,11 @@ struct TrainOptions {
   // How long a thread waits for the registry actor to answer (checkpoint registration, base
   // model lookup). Default 120 s.
   std::chrono::milliseconds registry_timeout{120000};
+  // Home of a job spanning nodes: how long train.join keeps trying to reach another node that
+  // is down, restarting or still stopping the job's previous ranks (retrying with backoff) before
+  // the job fails, naming the node. Applies to every generation (the first one and each restart).
+  // Default 60 s.
+  std::chrono::milliseconds peer_timeout{60000};
 };
 
 // What the job manager works on. Everything pointed to is owned by the node and outlives the
@@ -72,8 +80,9 @@ struct TrainContext {
   // This node's protocol address ("host:port", as bound), read when a job lists `nodes:`: the job
   // runs the ranks placed on the entry equal to it. Unset or "": jobs with nodes are refused.
   std::function<std::string()> self_address;
-  // The token this node presents to the other nodes of a job (train.join / start / abort need
-  // the admin role there): the node's own admin token, so the nodes must share a token file.
+  // The token this node presents to the other nodes of a job spanning nodes (the setting
+  // train.peer_token, else the node's own admin token): as home, for train.join / start / abort,
+  // which need the admin role there; as a guest, to fetch registry versions from the home node.
   std::string peer_token;
   TrainOptions options;
 };

@@ -4,17 +4,21 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include <spdlog/spdlog.h>
 
 #include "actors/local_call.h"
 #include "actors/train/job_actors.h"
+#include "cairn/artifacts.h"
+#include "cairn/client.h"
 #include "cluster/collective.h"
 #include "model/chat_template.h"
 #include "model/tokenizer.h"
 #include "runtime/messages/registry.h"
 #include "storage/blob_store.h"
+#include "storage/sha256.h"
 
 namespace cairn::train {
 namespace {
@@ -63,9 +67,12 @@ Status copy_tokenizer_files(const std::string& tokenizer_path, const std::string
   return Status();
 }
 
-// Exports a registry version's artifacts from the blob store into `dir` (each verified against
-// its sha256 on the way), unless `dir` already holds a complete export (its .complete marker).
-Status export_version(storage::BlobStore& blobs, const msg::ModelVersion& version, const std::string& dir) {
+// Writes one artifact to a destination file, verified against its sha256.
+using ArtifactWriter = std::function<Status(const msg::ArtifactRef& artifact, const std::string& dest)>;
+
+// Exports a registry version's artifacts into `dir` with `write`, unless `dir` already holds a
+// complete export (its .complete marker).
+Status export_version(const ArtifactWriter& write, const msg::ModelVersion& version, const std::string& dir) {
   const std::string marker = dir + "/.cairn-complete";
   if (fs::exists(marker)) return Status();
   std::error_code ec;
@@ -80,19 +87,91 @@ Status export_version(storage::BlobStore& blobs, const msg::ModelVersion& versio
     const fs::path dest = fs::path(dir) / relative;
     fs::create_directories(dest.parent_path(), ec);
     if (ec) return io_error("create " + dest.parent_path().string(), ec);
-    Status exported = blobs.export_to(artifact.sha256, dest.string());
+    Status exported = write(artifact, dest.string());
     if (!exported.ok()) return exported.with_context(version.name + "/" + version.version + ": " + artifact.path);
   }
   return write_text_file(marker, "");
 }
 
-Result<msg::ModelVersion> get_version(const Directory& directory, const msg::GetVersionRequest& request,
-                                      std::chrono::milliseconds timeout) {
-  auto reply = call_local_blocking<msg::VersionReply>(directory, "registry", std::string(msg::kGetVersion), request,
-                                                      timeout);
-  if (!reply.ok()) return reply.status();
-  return reply->model_version;
-}
+// Where prepare_job finds registry versions and their files: this node's registry and blob store,
+// or (a guest's) the home node's registry over the protocol, connected on first use.
+class VersionSource {
+ public:
+  VersionSource(const PrepareRequest& request, const Directory& directory, storage::BlobStore& blobs,
+                std::chrono::milliseconds timeout)
+      : request_(request), directory_(directory), blobs_(blobs), timeout_(timeout) {}
+
+  bool remote() const { return !request_.home.empty(); }
+
+  Result<msg::ModelVersion> get(const msg::GetVersionRequest& get) {
+    if (!remote()) {
+      auto reply = call_local_blocking<msg::VersionReply>(directory_, "registry", std::string(msg::kGetVersion), get,
+                                                          timeout_);
+      if (!reply.ok()) return reply.status();
+      return reply->model_version;
+    }
+    CAIRN_RETURN_IF_ERROR(connect());
+    auto reply = home_->call_as<msg::VersionReply>(msg::kGetVersion, get, timeout_);
+    if (!reply.ok()) return reply.status().with_context("the home node " + request_.home + "'s registry");
+    return reply->model_version;
+  }
+
+  // Exports `version` into `dir`. Remote: blobs this node holds are exported locally, the others
+  // downloaded from the home node.
+  Status fetch(const msg::ModelVersion& version, const std::string& dir) {
+    if (!remote()) {
+      return export_version([this](const msg::ArtifactRef& a, const std::string& dest) {
+        return blobs_.export_to(a.sha256, dest);
+      }, version, dir);
+    }
+    return export_version([this](const msg::ArtifactRef& a, const std::string& dest) -> Status {
+      if (blobs_.contains(a.sha256)) return blobs_.export_to(a.sha256, dest);
+      CAIRN_RETURN_IF_ERROR(connect());
+      ArtifactTransferOptions options;
+      options.timeout = timeout_;
+      Status downloaded = download_artifact(*home_, a, dest, options);
+      return downloaded.ok() ? downloaded : downloaded.with_context("download from the home node " + request_.home);
+    }, version, dir);
+  }
+
+  // Where `version` is exported: <models_dir>/NAME/VERSION for this node's registry; for the home
+  // node's, a directory named by the digest of its artifacts (a version number of another registry
+  // may name other files here).
+  std::string models_dir_for(const msg::ModelVersion& version) const {
+    if (!remote()) return request_.models_dir + "/" + version.name + "/" + version.version;
+    std::string content;
+    for (const auto& artifact : version.artifacts) content += artifact.path + "\n" + artifact.sha256 + "\n";
+    return request_.models_dir + "/remote/" + storage::sha256_hex(content).substr(0, 24);
+  }
+
+ private:
+  Status connect() {
+    if (home_) return Status();
+    ClientOptions options;
+    options.address = request_.home;
+    options.token = request_.peer_token;
+    options.reconnect = false;
+    options.call_timeout = timeout_;
+    options.client_name = "cairn-node/train";
+    auto client = Client::connect(options);
+    if (!client.ok()) {
+      if (client.status().code() == Code::unauthenticated || client.status().code() == Code::permission_denied) {
+        return Status(client.status().code(), "the home node " + request_.home +
+                                                  " refused this node's token (train.peer_token): " +
+                                                  client.status().message());
+      }
+      return client.status().with_context("connecting to the home node " + request_.home);
+    }
+    home_ = std::move(client).value();
+    return Status();
+  }
+
+  const PrepareRequest& request_;
+  const Directory& directory_;
+  storage::BlobStore& blobs_;
+  const std::chrono::milliseconds timeout_;
+  std::unique_ptr<Client> home_;
+};
 
 }  // namespace
 
@@ -121,15 +200,29 @@ Result<PreparedJobPtr> prepare_job(const PrepareRequest& request, const Director
   if (ec) return io_error("create " + job->work_dir, ec);
 
   // The base model.
+  VersionSource source(request, directory, blobs, registry_timeout);
   if (c.base_model.kind == ModelReference::Kind::registry) {
     msg::GetVersionRequest get;
     get.name = c.base_model.name;
     get.version = c.base_model.version;
     get.alias = c.base_model.alias;
-    auto version = get_version(directory, get, registry_timeout);
-    if (!version.ok()) return version.status().with_context("base_model " + c.base_model.to_string());
-    const std::string dir = request.models_dir + "/" + version->name + "/" + version->version;
-    CAIRN_RETURN_IF_ERROR(export_version(blobs, *version, dir));
+    if (!request.pinned_base_model.empty()) {
+      const size_t slash = request.pinned_base_model.rfind('/');
+      if (slash == std::string::npos) {
+        return Status(Code::invalid_argument, "base_model: the pinned version \"" + request.pinned_base_model +
+                                                  "\" is not NAME/VERSION");
+      }
+      get.name = request.pinned_base_model.substr(0, slash);
+      get.version = request.pinned_base_model.substr(slash + 1);
+      get.alias.clear();
+    }
+    const std::string what = "base_model " + (request.pinned_base_model.empty() ? c.base_model.to_string()
+                                                                                : request.pinned_base_model);
+    auto version = source.get(get);
+    if (!version.ok()) return version.status().with_context(what);
+    const std::string dir = source.models_dir_for(*version);
+    Status fetched = source.fetch(*version, dir);
+    if (!fetched.ok()) return fetched.with_context(what);
     job->init.base_model_dir = dir;
     job->base_model_reference = version->name + "/" + version->version;
   } else if (c.base_model.kind == ModelReference::Kind::local_dir) {
@@ -175,12 +268,13 @@ Result<PreparedJobPtr> prepare_job(const PrepareRequest& request, const Director
     msg::GetVersionRequest get;
     get.name = request.resume_from.model;
     get.version = request.resume_from.version;
-    auto version = get_version(directory, get, registry_timeout);
+    auto version = source.get(get);
     if (!version.ok()) {
       return version.status().with_context("checkpoint " + get.name + "/" + get.version);
     }
     job->resume_dir = job->work_dir + "/resume";
-    CAIRN_RETURN_IF_ERROR(export_version(blobs, *version, job->resume_dir));
+    Status fetched = source.fetch(*version, job->resume_dir);
+    if (!fetched.ok()) return fetched.with_context("checkpoint " + get.name + "/" + get.version);
     job->resume_step = request.resume_from.step;
     job->resume_cursors.resize(static_cast<size_t>(job->world_size));
     for (int rank = 0; rank < job->world_size; ++rank) {
@@ -391,15 +485,16 @@ class Worker {
     return Status();
   }
 
-  // Rank 0 reports and logs metrics; every rank runs the loss watchdog (the loss is the same on
-  // every rank, so they stop together).
+  // Every rank reports its progress (a rank on another node shows in the job's status through
+  // it); rank 0 also logs the metrics to the run. Every rank runs the loss watchdog (the loss is
+  // the same on every rank, so they stop together).
   std::string on_logging_step(const StepStats& stats) {
     const auto now = std::chrono::steady_clock::now();
     const double seconds = std::chrono::duration<double>(now - last_log_time_).count();
     const double tokens_per_s = seconds > 0 ? static_cast<double>(tokens_since_log_) / seconds : 0.0;
     last_log_time_ = now;
     tokens_since_log_ = 0;
-    if (cx_.rank == 0) {
+    {
       auto report = std::make_shared<WorkerReport>(base_report(WorkerReport::Kind::progress, stats.step));
       report->loss = stats.loss;
       report->lr = stats.lr;
@@ -411,6 +506,8 @@ class Worker {
                     stats.lr, stats.grad_norm, tokens_per_s);
       report->message = line;
       send(report);
+    }
+    if (cx_.rank == 0) {
       log_metrics(stats.step, {{"loss", stats.loss},
                                {"lr", stats.lr},
                                {"grad_norm", stats.grad_norm},
@@ -535,6 +632,7 @@ class Worker {
     report.job_id = job_.job_id;
     report.generation = job_.generation;
     report.kind = kind;
+    report.rank = cx_.rank;
     report.step = step;
     return report;
   }

@@ -64,12 +64,21 @@ struct PrepareRequest {
   std::shared_ptr<const TokenizedDataset> dataset;  // null: load it
   std::string work_dir;    // the job's directory: generations work under <work_dir>/gen-N
   std::string models_dir;  // registry base models are exported to <models_dir>/NAME/VERSION
+  // A guest's ranks (train.join): registry versions (the base model, resume_from) come from the
+  // home node's registry at `home` ("host:port"; "" = this node's registry), reached with
+  // `peer_token`. Artifacts whose blob this node holds (a shared or earlier copy) are exported
+  // from the local BlobStore; the rest are downloaded, verified.
+  std::string home;
+  std::string peer_token;
+  // "NAME/VERSION": the registry base model as the home node resolved it; "" = resolve the
+  // config's reference here.
+  std::string pinned_base_model;
 };
 
 // Blocking: parses the config, resolves base_model (a local directory, or a registry version
-// exported from the BlobStore into <work_dir>/../models/NAME/VERSION, verified), loads the
-// tokenizer and datasets (unless given), computes the schedule and exports the checkpoint to
-// resume from. Errors name what failed.
+// exported into <models_dir>/NAME/VERSION, or for a guest <models_dir>/remote/<content digest>,
+// verified), loads the tokenizer and datasets (unless given), computes the schedule and exports
+// the checkpoint to resume from. Errors name what failed (and the home node, for a guest).
 Result<PreparedJobPtr> prepare_job(const PrepareRequest& request, const Directory& directory,
                                    storage::BlobStore& blobs, std::chrono::milliseconds registry_timeout);
 
@@ -143,6 +152,7 @@ struct WorkerReport {
   std::string job_id;
   uint64_t generation = 0;
   Kind kind = Kind::log;
+  int rank = 0;  // progress comes from every rank (each logging step); the rest from rank 0
   int64_t step = 0;
   double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0;
   double eval_loss = 0, eval_perplexity = 0;

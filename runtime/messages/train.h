@@ -65,11 +65,13 @@ struct WorkerStatus {
   int32_t rank = 0;
   std::string node;   // the node's name (its `node.name` setting)
   std::string state;  // starting | running | restarting | done | failed | stopped
+  int64_t step = 0;   // optimizer steps the rank has done, as of its last logging step
   template <class V>
   void fields(V& v) {
     v("rank", rank);
     v("node", node);
     v("state", state);
+    v.optional("step", step);
   }
 };
 
@@ -221,7 +223,8 @@ struct TrainLogsRequest {
 // ---- node to node ----
 // The home node of a job that lists other nodes sends each of them train.join with the whole
 // config and the ranks that node runs; the node resolves the job locally (datasets at the same
-// path; a registry base model fetched from `home` through the artifacts API), binds a ring
+// path; a registry base model and the checkpoint to resume from fetched from `home`'s registry
+// with registry.get_version and registry.download_artifact, using its train.peer_token), binds a ring
 // endpoint and answers its address. When every node has answered, the home node sends each
 // train.start with every rank's address; the node connects the ring and trains, streaming
 // WorkerEvents, and answers TrainStartReply when its ranks finish. train.abort (or cancelling the
@@ -237,6 +240,12 @@ struct TrainJoinRequest {
   std::string run_id;       // the home node's run, for log lines
   std::vector<int32_t> ranks;  // the ranks this node runs
   int32_t world_size = 0;
+  // A registry base_model as the home node resolved it, "NAME/VERSION" ("" = not a registry
+  // model): every node loads this exact version, fetched from the home node's registry (blobs
+  // this node already holds are not transferred).
+  std::string base_model;
+  // The checkpoint in the home node's registry the ranks resume from (model "" = the start).
+  CheckpointRef resume_from;
   template <class V>
   void fields(V& v) {
     v("job_id", job_id);
@@ -247,6 +256,8 @@ struct TrainJoinRequest {
     v.optional("run_id", run_id);
     v("ranks", ranks);
     v("world_size", world_size);
+    v.optional("base_model", base_model);
+    v.optional("resume_from", resume_from);
   }
 };
 struct TrainJoinReply {
@@ -272,7 +283,8 @@ struct TrainStartRequest {
     v("addresses", addresses);
   }
 };
-// A `more` reply of train.start.
+// A `more` reply of train.start: when a rank starts (state running), on each of its logging steps
+// (running, with the rank's step and its progress line) and when it ends (done, failed, stopped).
 struct WorkerEvent {
   int32_t rank = 0;
   std::string state;  // WorkerStatus::state

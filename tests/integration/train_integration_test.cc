@@ -2,13 +2,20 @@
 // submitted with the C++ client and interrupted twice: its trainer actor is killed with
 // node.kill_actor, and the node itself is SIGKILLed after a checkpoint and started again on the same
 // data dir. Each time the job resumes from its last checkpoint and ends with the same parameters as
-// an uninterrupted run of the same config. A job spanning two nodes trains like one on a single node.
+// an uninterrupted run of the same config. A job spanning two nodes trains like one on a single node,
+// shows the other node's ranks in its status and watch stream, restarts on both nodes from its last
+// checkpoint when the other node is SIGKILLed and started again (and fails, naming the node, when it
+// does not come back), fine-tunes a registered model the other node fetches from the home node, and
+// authenticates to nodes of another token file with train.peer_token.
 #include <gtest/gtest.h>
 
 #include <signal.h>
 
+#include <unistd.h>
+
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 
 #include "cairn/client.h"
@@ -25,10 +32,20 @@ using namespace std::chrono_literals;
 
 constexpr auto kJobTimeout = 300s;
 
-NodeOptions train_node_options() {
+// `train_settings`: lines under `train:` ("  peer_token: ...\n").
+NodeOptions train_node_options(const std::string& train_settings = "") {
   NodeOptions options;
   options.config_yaml = "node:\n  roles: [echo, registry, train]\n";
+  if (!train_settings.empty()) options.config_yaml += "train:\n" + train_settings;
   return options;
+}
+
+// A token of the harness's form, for a node whose tokens a test must know before it starts.
+std::string fresh_token(const std::string& tag) {
+  static int counter = 0;
+  std::string token = tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
+  while (token.size() < 40) token += "x";
+  return token;
 }
 
 std::string job_yaml(const std::string& data_path) {
@@ -80,6 +97,34 @@ class LogFollower {
     std::condition_variable cv;
     int checkpoints = 0;
     bool ended = false;
+  };
+  std::shared_ptr<State> state_;
+  std::shared_ptr<Subscription> subscription_;
+};
+
+// Collects every JobStatus of a train.watch stream.
+class StatusWatcher {
+ public:
+  StatusWatcher(Client& client, const std::string& job_id) : state_(std::make_shared<State>()) {
+    auto state = state_;
+    subscription_ = client.subscribe(msg::kTrainWatch, wire::encode(msg::TrainJobRequest{job_id}),
+                                     [state](const std::string& body) {
+                                       auto status = wire::decode_bytes<msg::JobStatus>(body);
+                                       if (!status.ok()) return;
+                                       std::lock_guard<std::mutex> lock(state->mutex);
+                                       state->seen.push_back(*status);
+                                     });
+  }
+  Status wait_end(std::chrono::milliseconds timeout) { return subscription_->wait(timeout); }
+  std::vector<msg::JobStatus> seen() {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    return state_->seen;
+  }
+
+ private:
+  struct State {
+    std::mutex mutex;  // guards seen
+    std::vector<msg::JobStatus> seen;
   };
   std::shared_ptr<State> state_;
   std::shared_ptr<Subscription> subscription_;
@@ -193,6 +238,7 @@ TEST_F(TrainIntegrationTest, TwoNodesTrainOneJobTogether) {
   std::unique_ptr<NodeProcess> other;
   CAIRN_ASSERT_OK_AND_ASSIGN(other, NodeProcess::start(second));
 
+  std::vector<msg::JobStatus> watched;
   auto run = [&](std::vector<std::string> overrides) -> Result<msg::JobStatus> {
     msg::TrainSubmitRequest request;
     request.config_yaml = job_yaml(data_dir_.path("data.jsonl"));
@@ -201,7 +247,12 @@ TEST_F(TrainIntegrationTest, TwoNodesTrainOneJobTogether) {
     for (auto& o : overrides) request.overrides.push_back(o);
     auto submitted = client_->call_as<msg::TrainSubmitReply>(msg::kTrainSubmit, request, 60s);
     if (!submitted.ok()) return submitted.status();
-    return wait_final(*client_, submitted->job_id);
+    // Subscribed while the job prepares and joins the other node, long before its first step.
+    StatusWatcher watcher(*client_, submitted->job_id);
+    auto final = wait_final(*client_, submitted->job_id);
+    CAIRN_RETURN_IF_ERROR(watcher.wait_end(kJobTimeout));
+    watched = watcher.seen();
+    return final;
   };
   auto local = run({});
   ASSERT_TRUE(local.ok()) << local.status().to_string() << node_->diagnostics();
@@ -218,6 +269,21 @@ TEST_F(TrainIntegrationTest, TwoNodesTrainOneJobTogether) {
   // Two ranks: each sum is a + b on both paths, so the parameters are bitwise equal too.
   EXPECT_EQ(spanning->parameters_digest, local->parameters_digest);
 
+  // Issue #5: the other node's rank shows in the status and the watch stream as a local one does:
+  // its state and step as it trains (WorkerEvents of train.start), beside rank 0's metrics.
+  EXPECT_EQ(spanning->workers[1].state, "done");
+  EXPECT_EQ(spanning->workers[1].step, 10);
+  bool remote_progress = false, metrics = false;
+  for (const auto& status : watched) {
+    if (status.state != "running" || status.workers.size() != 2) continue;
+    remote_progress = remote_progress || (status.workers[1].node == other->address() &&
+                                          status.workers[1].state == "running" && status.workers[1].step > 0 &&
+                                          status.workers[1].step < 10);
+    metrics = metrics || (status.loss > 0 && status.step > 0 && status.tokens_per_s > 0);
+  }
+  EXPECT_TRUE(remote_progress) << watched.size() << " statuses watched";
+  EXPECT_TRUE(metrics) << watched.size() << " statuses watched";
+
   // The first entry must be the node the job is submitted to (it runs rank 0).
   msg::TrainSubmitRequest wrong;
   wrong.config_yaml = job_yaml(data_dir_.path("data.jsonl"));
@@ -226,6 +292,148 @@ TEST_F(TrainIntegrationTest, TwoNodesTrainOneJobTogether) {
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), Code::invalid_argument);
   EXPECT_NE(refused.status().message().find("nodes"), std::string::npos) << refused.status().message();
+}
+
+// Submits the spanning job `overrides` describe on `home` and waits until it is final; `on_checkpoint`
+// (may be empty) runs on the test thread after the first checkpoint was registered.
+Result<msg::JobStatus> run_job(Client& client, const std::string& yaml, const std::vector<std::string>& overrides,
+                               const std::function<void()>& on_checkpoint = {}) {
+  msg::TrainSubmitRequest request;
+  request.config_yaml = yaml;
+  request.config_name = "job.yaml";
+  request.overrides = overrides;
+  auto submitted = client.call_as<msg::TrainSubmitReply>(msg::kTrainSubmit, request, 60s);
+  if (!submitted.ok()) return submitted.status();
+  LogFollower follower(client, submitted->job_id);
+  if (on_checkpoint) {
+    if (!follower.wait_checkpoint(kJobTimeout)) return Status(Code::timeout, "no checkpoint");
+    on_checkpoint();
+  }
+  CAIRN_RETURN_IF_ERROR(follower.wait_end(kJobTimeout));
+  return client.call_as<msg::JobStatus>(msg::kTrainStatus, msg::TrainJobRequest{submitted->job_id}, 30s);
+}
+
+// Issue #5: the other node of a two-node job is SIGKILLed after the first checkpoint and started
+// again on the same address. The home node stops its own rank, restarts both ranks from the
+// checkpoint (the other node fetches it from the home node's registry) and the job ends with the
+// parameters of an uninterrupted run: nothing trained twice, nothing skipped.
+TEST_F(TrainIntegrationTest, SigkilledRemoteNodeRestartsTheJobOnAllNodesFromTheCheckpoint) {
+  NodeOptions second = train_node_options();
+  second.admin_token = node_->admin_token();
+  second.client_token = node_->client_token();
+  std::unique_ptr<NodeProcess> other;
+  CAIRN_ASSERT_OK_AND_ASSIGN(other, NodeProcess::start(second));
+  const std::string yaml = job_yaml(data_dir_.path("data.jsonl"));
+  const std::vector<std::string> local = {"max_steps=30", "num_workers=2"};
+  std::vector<std::string> spanning = local;
+  spanning.push_back("nodes=[" + node_->address() + ", " + other->address() + "]");
+
+  auto reference = run_job(*client_, yaml, local);
+  ASSERT_TRUE(reference.ok()) << reference.status().to_string();
+  ASSERT_EQ(reference->state, "succeeded") << reference->reason << node_->diagnostics();
+
+  std::string restart_error;
+  auto final = run_job(*client_, yaml, spanning, [&] {
+    if (!other->signal(SIGKILL)) restart_error = "SIGKILL failed";
+    auto code = other->wait_exit();
+    if (!code || *code != 128 + SIGKILL) restart_error = "the node did not die of SIGKILL";
+    NodeOptions again = second;
+    again.listen = other->address();
+    auto restarted = NodeProcess::start(again);
+    if (!restarted.ok()) {
+      restart_error = restarted.status().to_string();
+      return;
+    }
+    other = std::move(restarted).value();
+  });
+  ASSERT_TRUE(restart_error.empty()) << restart_error;
+  ASSERT_TRUE(final.ok()) << final.status().to_string() << node_->diagnostics();
+  EXPECT_EQ(final->state, "succeeded") << final->reason << node_->diagnostics() << other->diagnostics();
+  EXPECT_EQ(final->restarts, 1u);
+  EXPECT_EQ(final->step, 30);
+  ASSERT_EQ(final->workers.size(), 2u);
+  EXPECT_EQ(final->workers[1].node, other->address());
+  EXPECT_EQ(final->workers[1].state, "done");
+  EXPECT_EQ(final->parameters_digest, reference->parameters_digest);
+}
+
+// A node that does not come back within train.peer_timeout_ms fails the job, naming the node.
+TEST_F(TrainIntegrationTest, RemoteNodeThatStaysDownFailsTheJobNamingIt) {
+  NodeOptions home_options = train_node_options("  peer_timeout_ms: 1500\n");
+  home_options.admin_token = node_->admin_token();
+  home_options.client_token = node_->client_token();
+  std::unique_ptr<NodeProcess> home, other;
+  CAIRN_ASSERT_OK_AND_ASSIGN(home, NodeProcess::start(home_options));
+  CAIRN_ASSERT_OK_AND_ASSIGN(other, NodeProcess::start(home_options));
+  std::unique_ptr<Client> client;
+  CAIRN_ASSERT_OK_AND_ASSIGN(client, Client::connect(home->client_options(Role::admin)));
+  const std::string other_address = other->address();
+  auto final = run_job(*client, job_yaml(data_dir_.path("data.jsonl")),
+                       {"max_steps=30", "num_workers=2", "nodes=[" + home->address() + ", " + other_address + "]"},
+                       [&] { other.reset(); });  // SIGKILL, not started again
+  ASSERT_TRUE(final.ok()) << final.status().to_string() << home->diagnostics();
+  EXPECT_EQ(final->state, "failed") << home->diagnostics();
+  EXPECT_NE(final->reason.find("node " + other_address), std::string::npos) << final->reason;
+  EXPECT_NE(final->reason.find("train.peer_timeout_ms"), std::string::npos) << final->reason;
+  EXPECT_EQ(final->restarts, 1u) << final->reason;
+}
+
+// Issue #5: nodes with separate token files. Without train.peer_token the home node's token is
+// refused, and the job fails saying so, naming the node. With it (each node holding the other's
+// admin token), a LoRA fine-tune of a model registered on the home node runs on both nodes: the
+// home node pins NAME@latest to its version and the other node fetches that version from the
+// home node's registry. It ends with the parameters of the same job with both ranks on one node.
+TEST_F(TrainIntegrationTest, TwoNodesFineTuneARegisteredModelWithPeerTokens) {
+  const std::string home_admin = fresh_token("home");
+  const std::string other_admin = fresh_token("other");
+  NodeOptions home_options = train_node_options("  peer_token: " + other_admin + "\n");
+  home_options.admin_token = home_admin;
+  NodeOptions other_options = train_node_options("  peer_token: " + home_admin + "\n");
+  other_options.admin_token = other_admin;
+  std::unique_ptr<NodeProcess> home, other;
+  CAIRN_ASSERT_OK_AND_ASSIGN(home, NodeProcess::start(home_options));
+  CAIRN_ASSERT_OK_AND_ASSIGN(other, NodeProcess::start(other_options));
+  std::unique_ptr<Client> client;
+  CAIRN_ASSERT_OK_AND_ASSIGN(client, Client::connect(home->client_options(Role::admin)));
+  const std::string data = data_dir_.path("data.jsonl");
+
+  // The test fixture's node presents its own admin token, which `other` does not know.
+  auto refused = run_job(*client_, job_yaml(data), {"max_steps=4", "num_workers=2",
+                                                    "nodes=[" + node_->address() + ", " + other->address() + "]"});
+  ASSERT_TRUE(refused.ok()) << refused.status().to_string();
+  EXPECT_EQ(refused->state, "failed");
+  EXPECT_NE(refused->reason.find("node " + other->address()), std::string::npos) << refused->reason;
+  EXPECT_NE(refused->reason.find("refused"), std::string::npos) << refused->reason;
+  EXPECT_NE(refused->reason.find("train.peer_token"), std::string::npos) << refused->reason;
+  EXPECT_EQ(refused->restarts, 0u) << refused->reason;
+
+  auto base = run_job(*client, job_yaml(data), {"max_steps=4", "output_model=tiny-base"});
+  ASSERT_TRUE(base.ok()) << base.status().to_string();
+  ASSERT_EQ(base->state, "succeeded") << base->reason << home->diagnostics();
+
+  const std::string lora = "base_model: tiny-base@latest\n"
+                           "adapter: lora\n"
+                           "lora_r: 4\n"
+                           "datasets:\n"
+                           "  - path: " + data + "\n"
+                           "    type: completion\n"
+                           "sequence_len: 32\n"
+                           "excess_length_strategy: split\n"
+                           "micro_batch_size: 2\n"
+                           "learning_rate: 0.01\n"
+                           "logging_steps: 2\n"
+                           "seed: 5\n";
+  auto local = run_job(*client, lora, {"max_steps=6", "num_workers=2"});
+  ASSERT_TRUE(local.ok()) << local.status().to_string();
+  ASSERT_EQ(local->state, "succeeded") << local->reason << home->diagnostics();
+  auto spanning =
+      run_job(*client, lora, {"max_steps=6", "num_workers=2", "nodes=[" + home->address() + ", " + other->address() + "]"});
+  ASSERT_TRUE(spanning.ok()) << spanning.status().to_string();
+  EXPECT_EQ(spanning->state, "succeeded") << spanning->reason << home->diagnostics() << other->diagnostics();
+  EXPECT_EQ(spanning->step, 6);
+  ASSERT_EQ(spanning->workers.size(), 2u);
+  EXPECT_EQ(spanning->workers[1].state, "done");
+  EXPECT_EQ(spanning->parameters_digest, local->parameters_digest);
 }
 
 }  // namespace
