@@ -12,15 +12,19 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "actors/local_call.h"
 #include "actors/messages.h"
 #include "runtime/messages/registry.h"
 #include "storage/blob_store.h"
+#include "storage/kv_store.h"
+#include "storage/node_identity.h"
 
 namespace cairn {
 namespace {
@@ -62,6 +66,14 @@ struct SourceSpec {
   std::string model;  // registry model
   std::string version;
   std::string alias;
+  std::string to_string() const {
+    switch (kind) {
+      case Kind::folder: return path;
+      case Kind::version: return model + "/" + version;
+      case Kind::alias: return model + "@" + alias;
+    }
+    return path;
+  }
 };
 
 // A folder that exists wins; then "model@alias", then "model/123".
@@ -178,6 +190,9 @@ class EngineSlot {
   const std::string version;
   const int64_t created;
   std::atomic<int64_t> inflight{0};  // submitted, final event not yet delivered
+  // Set by the loader before the slot is handed to the actor, constant after.
+  std::string default_adapter;  // the adapter requests naming the model use ("" the base)
+  std::string base_model;       // for an adapter version, its base ("name/version")
 
  private:
   std::unique_ptr<InferenceEngine> engine_;
@@ -190,7 +205,7 @@ class EngineSlot {
 // ---- actor messages from the loader and engine threads ----
 
 struct SlotEvent {
-  enum class Kind { ready, failed, exited };
+  enum class Kind { ready, failed, retrying, exited };
   Kind kind = Kind::ready;
   std::string model;
   uint64_t loader = 0;  // which loader sent it (a model reloaded under the same name has a new one)
@@ -204,17 +219,28 @@ typename Inspector::result_type inspect(Inspector& f, SlotEvent& x) {
 }
 
 using reap_atom = caf::atom_constant<caf::atom("reap")>;
+// Asks for infer.models once every startup model has settled (await_startup_models).
+using await_models_atom = caf::atom_constant<caf::atom("awaitmdls")>;
 
 // ---- loader: resolves, materializes and loads versions; follows aliases ----
 
+// Whether a resolve failure may heal by itself (the alias or version appears, the registry comes
+// back), so a startup model retries it.
+bool resolve_may_heal(const Status& status) {
+  return status.code() == Code::not_found || status.code() == Code::unavailable || status.code() == Code::timeout ||
+         status.code() == Code::shutting_down || status.code() == Code::overloaded;
+}
+
 class Loader {
  public:
-  Loader(uint64_t id, std::string name, SourceSpec spec, std::vector<msg::InferAdapter> adapters,
+  // `retry`: a startup model, whose registry source is retried until it resolves (see the header).
+  Loader(uint64_t id, std::string name, SourceSpec spec, std::vector<msg::InferAdapter> adapters, bool retry,
          const InferenceContext& context, caf::actor batcher)
       : id_(id),
         name_(std::move(name)),
         spec_(std::move(spec)),
         adapters_(std::move(adapters)),
+        retry_(retry),
         context_(context),
         batcher_(std::move(batcher)) {
     thread_ = std::thread([this] { run(); });
@@ -232,42 +258,81 @@ class Loader {
 
  private:
   void run() {
-    std::string loaded_version;
-    auto first = load_current();
-    if (!first.ok()) {
-      send(SlotEvent::Kind::failed, nullptr, first.status());
+    if (spec_.kind == SourceSpec::Kind::folder) {
+      auto slot = load_dir(spec_.path, "");
+      if (slot.ok()) {
+        send(SlotEvent::Kind::ready, std::move(*slot), {});
+      } else {
+        send(SlotEvent::Kind::failed, nullptr, slot.status());
+      }
       return;
     }
-    loaded_version = (*first)->version;
-    send(SlotEvent::Kind::ready, std::move(*first), {});
-    if (spec_.kind != SourceSpec::Kind::alias) return;
+    // One loop serves the first load, its retries and, for an alias, following the alias.
+    std::string loaded_version;  // "" until a version serves
+    std::string failed_version;  // a version that failed to load: not tried again until the alias moves
+    auto backoff = context_.options.load_retry_initial;
+    int attempts = 0;
     bool warned = false;
     for (;;) {
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        cv_.wait_for(lock, context_.options.alias_poll, [this] { return stop_; });
-        if (stop_) return;
-      }
+      std::chrono::milliseconds wait = context_.options.alias_poll;
       auto version = resolve();
       if (!version.ok()) {
-        if (!warned) spdlog::warn("serve {}: cannot follow {}@{}: {}", name_, spec_.model, spec_.alias,
-                                  version.status().to_string());
-        warned = true;
-        continue;
+        if (loaded_version.empty()) {
+          ++attempts;
+          Status why = version.status();
+          if (!retry_ || !resolve_may_heal(why)) {
+            send(SlotEvent::Kind::failed, nullptr, why.with_context("serve " + name_));
+            return;
+          } else {
+            // A missing alias is looked up at the watcher's pace (a cheap local read), so it is
+            // picked up as soon as it is set; other failures back off.
+            if (spec_.kind == SourceSpec::Kind::alias && why.code() == Code::not_found) {
+              wait = context_.options.alias_poll;
+            } else {
+              wait = backoff;
+              backoff = std::min(backoff * 2, std::max(context_.options.load_retry_max, context_.options.load_retry_initial));
+            }
+            send(SlotEvent::Kind::retrying, nullptr,
+                 Status(why.code(), spec_.to_string() + ": " + why.message() + " (attempt " + std::to_string(attempts) +
+                                        ", next in " + std::to_string(wait.count()) + " ms)"));
+          }
+        } else if (!warned) {
+          spdlog::warn("serve {}: cannot follow {}: {}", name_, spec_.to_string(), version.status().to_string());
+          warned = true;
+        }
+      } else if (version->version != loaded_version && version->version != failed_version) {
+        warned = false;
+        if (!loaded_version.empty()) {
+          spdlog::info("serve {}: alias {} moved from version {} to {}; loading it", name_, spec_.to_string(),
+                       loaded_version, version->version);
+        }
+        if (stopping()) return;
+        auto slot = load_version(*version);
+        if (slot.ok()) {
+          loaded_version = version->version;
+          failed_version.clear();
+          backoff = context_.options.load_retry_initial;
+          send(SlotEvent::Kind::ready, std::move(*slot), {});
+        } else if (!loaded_version.empty()) {
+          spdlog::error("serve {}: version {} failed to load, still serving {}: {}", name_, version->version,
+                        loaded_version, slot.status().to_string());
+          failed_version = version->version;  // do not retry the same broken version every poll
+        } else {
+          failed_version = version->version;
+          Status why = slot.status();
+          if (retry_ && spec_.kind == SourceSpec::Kind::alias) {
+            why = Status(why.code(), why.message() + " (following " + spec_.to_string() + " for another version)");
+          }
+          send(SlotEvent::Kind::failed, nullptr, why);
+          if (!retry_ || spec_.kind != SourceSpec::Kind::alias) return;
+        }
+      } else {
+        warned = false;
       }
-      warned = false;
-      if (version->version == loaded_version) continue;
-      spdlog::info("serve {}: alias {}@{} moved from version {} to {}; loading it", name_, spec_.model, spec_.alias,
-                   loaded_version, version->version);
-      auto slot = load_version(*version);
-      if (!slot.ok()) {
-        spdlog::error("serve {}: version {} failed to load, still serving {}: {}", name_, version->version,
-                      loaded_version, slot.status().to_string());
-        loaded_version = version->version;  // do not retry the same broken version every poll
-        continue;
-      }
-      loaded_version = version->version;
-      send(SlotEvent::Kind::ready, std::move(*slot), {});
+      if (spec_.kind == SourceSpec::Kind::version && !loaded_version.empty()) return;
+      std::unique_lock<std::mutex> lock(mutex_);
+      cv_.wait_for(lock, wait, [this] { return stop_; });
+      if (stop_) return;
     }
   }
 
@@ -286,21 +351,24 @@ class Loader {
     caf::anon_send(batcher_, std::move(event));
   }
 
-  Result<msg::ModelVersion> resolve() {
+  // A registry version by number or alias.
+  Result<msg::ModelVersion> get_version(const std::string& model, const std::string& version, const std::string& alias) {
     if (context_.directory == nullptr) {
       return Status(Code::unavailable, "serve " + name_ + ": this node has no registry to load versions from");
     }
     msg::GetVersionRequest request;
-    request.name = spec_.model;
-    if (spec_.kind == SourceSpec::Kind::alias) {
-      request.alias = spec_.alias;
-    } else {
-      request.version = spec_.version;
-    }
+    request.name = model;
+    request.version = version;
+    request.alias = alias;
     auto reply = call_local_blocking<msg::VersionReply>(*context_.directory, "registry", std::string(msg::kGetVersion),
                                                         request, context_.options.registry_timeout);
     if (!reply.ok()) return reply.status();
     return std::move(reply->model_version);
+  }
+
+  Result<msg::ModelVersion> resolve() {
+    return spec_.kind == SourceSpec::Kind::alias ? get_version(spec_.model, "", spec_.alias)
+                                                 : get_version(spec_.model, spec_.version, "");
   }
 
   // The version's files under the cache dir, copied from the blob store once.
@@ -336,43 +404,86 @@ class Loader {
     return dest.string();
   }
 
+  static bool has_artifact(const msg::ModelVersion& version, const std::string& path) {
+    return std::any_of(version.artifacts.begin(), version.artifacts.end(),
+                       [&](const msg::ArtifactRef& a) { return a.path == path; });
+  }
+
+  // The base an adapter version names: its lineage (base_model), else adapter_config.json's
+  // base_model_name_or_path. Returns the base's folder and how to show it ("name/version").
+  Result<std::pair<std::string, std::string>> adapter_base(const msg::ModelVersion& version,
+                                                           const std::string& adapter_dir) {
+    const std::string what = version.name + "/" + version.version;
+    std::string reference = version.base_model;
+    if (reference.empty()) {
+      const std::string path = adapter_dir + "/adapter_config.json";
+      std::ifstream in(path);
+      auto config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+      if (!config.is_object()) return Status(Code::data_loss, what + " " + path + ": not a JSON object");
+      auto it = config.find("base_model_name_or_path");
+      if (it != config.end() && it->is_string()) reference = it->get<std::string>();
+    }
+    if (reference.empty()) {
+      return Status(Code::invalid_argument, what + " is a LoRA adapter that names no base model (neither a "
+                                                   "base_model lineage nor adapter_config.json's "
+                                                   "base_model_name_or_path); register it with --base-model NAME/VERSION");
+    }
+    auto base_spec = parse_source(reference);
+    if (!base_spec.ok()) return base_spec.status().with_context(what + " base model");
+    if (base_spec->kind == SourceSpec::Kind::folder) return std::make_pair(base_spec->path, reference);
+    auto base = base_spec->kind == SourceSpec::Kind::alias ? get_version(base_spec->model, "", base_spec->alias)
+                                                           : get_version(base_spec->model, base_spec->version, "");
+    if (!base.ok()) return base.status().with_context(what + " base model " + reference);
+    if (!has_artifact(*base, "config.json")) {
+      return Status(Code::invalid_argument, what + ": its base model " + reference + " has no config.json");
+    }
+    auto dir = materialize(*base);
+    if (!dir.ok()) return dir.status();
+    return std::make_pair(*dir, base->name + "/" + base->version);
+  }
+
   Result<std::shared_ptr<EngineSlot>> load_version(const msg::ModelVersion& version) {
-    bool has_config = false;
-    for (const auto& a : version.artifacts) has_config |= a.path == "config.json";
-    if (!has_config) {
+    const bool is_model = has_artifact(version, "config.json");
+    const bool is_adapter = !is_model && has_artifact(version, "adapter_config.json");
+    if (!is_model && !is_adapter) {
       return Status(Code::invalid_argument, "serve " + name_ + ": " + version.name + "/" + version.version +
-                                                " has no config.json (a LoRA adapter version? serve its base model "
-                                                "and load the adapter with infer.load's adapters)");
+                                                " has neither config.json (a model) nor adapter_config.json (a LoRA adapter)");
     }
     auto dir = materialize(version);
     if (!dir.ok()) return dir.status();
-    return load_dir(*dir, version.version);
+    if (is_model) return load_dir(*dir, version.version);
+    auto base = adapter_base(version, *dir);
+    if (!base.ok()) return base.status().with_context("serve " + name_);
+    auto slot = load_dir(base->first, version.version, *dir);
+    if (slot.ok()) (*slot)->base_model = base->second;
+    return slot;
   }
 
-  Result<std::shared_ptr<EngineSlot>> load_dir(const std::string& dir, const std::string& version) {
+  // An engine on `dir` with the model's adapters; with `own_adapter`, also that adapter folder
+  // under the served name, which requests to the name then use.
+  Result<std::shared_ptr<EngineSlot>> load_dir(const std::string& dir, const std::string& version,
+                                               const std::string& own_adapter = {}) {
     const auto started = Clock::now();
     auto engine = InferenceEngine::load(dir, context_.options.model, context_.options.engine);
     if (!engine.ok()) return engine.status().with_context("serve " + name_);
+    if (!own_adapter.empty()) {
+      CAIRN_RETURN_IF_ERROR((*engine)->load_adapter(name_, own_adapter).with_context("serve " + name_));
+    }
     for (const auto& adapter : adapters_) {
       CAIRN_RETURN_IF_ERROR((*engine)->load_adapter(adapter.name, adapter.source).with_context("serve " + name_));
     }
-    spdlog::info("serve {}: loaded {}{} in {:.2f} s", name_, dir, version.empty() ? "" : " (version " + version + ")",
-                 seconds_between(started, Clock::now()));
-    return std::make_shared<EngineSlot>(std::move(engine).value(), version);
-  }
-
-  Result<std::shared_ptr<EngineSlot>> load_current() {
-    if (spec_.kind == SourceSpec::Kind::folder) return load_dir(spec_.path, "");
-    auto version = resolve();
-    if (!version.ok()) return version.status().with_context("serve " + name_);
-    if (stopping()) return Status(Code::cancelled, "serve " + name_ + ": unloaded while loading");
-    return load_version(*version);
+    spdlog::info("serve {}: loaded {}{}{} in {:.2f} s", name_, dir, own_adapter.empty() ? "" : " with adapter " + own_adapter,
+                 version.empty() ? "" : " (version " + version + ")", seconds_between(started, Clock::now()));
+    auto slot = std::make_shared<EngineSlot>(std::move(engine).value(), version);
+    if (!own_adapter.empty()) slot->default_adapter = name_;
+    return slot;
   }
 
   const uint64_t id_;
   const std::string name_;
   const SourceSpec spec_;
   const std::vector<msg::InferAdapter> adapters_;
+  const bool retry_;
   const InferenceContext context_;
   const caf::actor batcher_;
   std::mutex mutex_;  // guards stop_
@@ -475,8 +586,10 @@ struct ServedModel {
   std::string source;
   std::vector<msg::InferAdapter> adapters;
   uint64_t loader_id = 0;
-  bool from_config = false;
-  std::string state = "loading";  // loading | ready | failed
+  // Counted by readiness and retried (serve.models, or restored from the store at start).
+  bool startup = false;
+  bool persist = false;  // infer.load's persist
+  std::string state = "loading";  // loading | ready | retrying | failed (msg::InferModel)
   std::string error;
   std::shared_ptr<EngineSlot> current;
   std::vector<std::shared_ptr<EngineSlot>> retiring;  // finishing their requests after a swap
@@ -494,8 +607,70 @@ struct BatcherState {
   uint64_t next_request = 1;
   std::string id_prefix;
   std::mt19937_64 seeds{std::random_device{}()};
+  // await_startup_models asks waiting for the startup models to settle.
+  std::vector<caf::response_promise> startup_waiters;
   static inline const char* name = "inference";
 };
+
+// ---- the record of the models loaded at run time (see the header's Persistence) ----
+
+constexpr std::string_view kLoadedPrefix = "serve.loaded/";
+
+struct LoadedRecord {
+  std::string name;
+  std::string source;
+  std::vector<msg::InferAdapter> adapters;
+  bool persist = false;
+  uint64_t boot = 0;  // the node boot that loaded it
+  template <class V>
+  void fields(V& v) {
+    v("name", name);
+    v("source", source);
+    v.optional("adapters", adapters);
+    v.optional("persist", persist);
+    v("boot", boot);
+  }
+};
+
+// Failures to record are logged, not returned: the model serves either way, only a restart would
+// forget it.
+void record_loaded(const InferenceContext& context, const ServedModel& model) {
+  if (context.store == nullptr) return;
+  LoadedRecord record{model.name, model.source, model.adapters, model.persist, context.boot_count};
+  Status written = context.store->put(storage::kNodeFamily, std::string(kLoadedPrefix) + model.name, wire::encode(record));
+  if (!written.ok()) spdlog::error("serve {}: cannot record the load, a restart will forget it: {}", model.name, written.to_string());
+}
+
+void forget_loaded(const InferenceContext& context, const std::string& name) {
+  if (context.store == nullptr) return;
+  Status erased = context.store->erase(storage::kNodeFamily, std::string(kLoadedPrefix) + name);
+  if (!erased.ok()) spdlog::error("serve {}: cannot erase its load record: {}", name, erased.to_string());
+}
+
+// The records to reload now: this boot's and the persistent ones. Drops the others.
+std::vector<LoadedRecord> records_to_restore(const InferenceContext& context) {
+  std::vector<LoadedRecord> out;
+  if (context.store == nullptr) return out;
+  std::vector<std::string> stale;
+  Status scanned = context.store->scan(storage::kNodeFamily, kLoadedPrefix, "", [&](std::string_view key, std::string_view value) {
+    auto record = wire::decode_bytes<LoadedRecord>(value);
+    if (!record.ok()) {
+      spdlog::error("serve: dropping the unreadable load record {}: {}", key, record.status().to_string());
+      stale.emplace_back(key);
+    } else if (record->persist || record->boot == context.boot_count) {
+      out.push_back(std::move(record).value());
+    } else {
+      stale.emplace_back(key);
+    }
+    return true;
+  });
+  if (!scanned.ok()) spdlog::error("serve: cannot read the load records: {}", scanned.to_string());
+  for (const auto& key : stale) {
+    Status erased = context.store->erase(storage::kNodeFamily, key);
+    if (!erased.ok()) spdlog::error("serve: cannot erase the load record {}: {}", key, erased.to_string());
+  }
+  return out;
+}
 
 using Self = caf::stateful_actor<BatcherState>*;
 
@@ -515,9 +690,12 @@ msg::InferModel describe(const ServedModel& m) {
   out.source = m.source;
   out.state = m.state;
   out.error = m.error;
+  out.startup = m.startup;
+  out.persist = m.persist;
   for (const auto& a : m.adapters) out.adapters.push_back(a.name);
   if (m.current) {
     out.version = m.current->version;
+    out.base_model = m.current->base_model;
     out.created = m.current->created;
     out.max_context = m.current->engine().config().max_position_embeddings;
   }
@@ -525,7 +703,7 @@ msg::InferModel describe(const ServedModel& m) {
 }
 
 Status start_loading(Self self, const std::string& name, const std::string& source,
-                     std::vector<msg::InferAdapter> adapters, bool from_config, CallPtr waiter) {
+                     std::vector<msg::InferAdapter> adapters, bool startup, bool persist, CallPtr waiter) {
   auto& st = self->state;
   auto spec = parse_source(source);
   if (!spec.ok()) return spec.status();
@@ -537,10 +715,11 @@ Status start_loading(Self self, const std::string& name, const std::string& sour
   model->name = name;
   model->source = source;
   model->adapters = adapters;
-  model->from_config = from_config;
+  model->startup = startup;
+  model->persist = persist;
   model->loader_id = st.next_loader++;
   if (waiter) model->load_waiters.push_back(std::move(waiter));
-  model->loader = std::make_unique<Loader>(model->loader_id, name, std::move(spec).value(), std::move(adapters),
+  model->loader = std::make_unique<Loader>(model->loader_id, name, std::move(spec).value(), std::move(adapters), startup,
                                            st.context, caf::actor_cast<caf::actor>(self));
   st.models[name] = std::move(model);
   return Status::ok_status();
@@ -611,7 +790,7 @@ void submit(Self self, ServedModel& model, const CallPtr& call, const msg::Compl
   er.stop_token_ids = request->stop_token_ids;
   er.ignore_eos = request->ignore_eos;
   er.logprobs = request->logprobs;
-  er.adapter = request->adapter;
+  er.adapter = request->adapter.empty() ? slot->default_adapter : request->adapter;
   const auto timeout = request->timeout_ms > 0 ? std::chrono::milliseconds(request->timeout_ms)
                                                : st.context.options.request_timeout;
   if (timeout.count() > 0) er.deadline = Clock::now() + timeout;
@@ -674,6 +853,10 @@ void serve_generation(Self self, const CallPtr& call) {
   if (model.state == "failed") {
     return call->fail(Status(Code::unavailable, call->op() + ": model \"" + model.name + "\" failed to load: " + model.error));
   }
+  if (model.state == "retrying") {
+    return call->fail(Status(Code::unavailable, call->op() + ": model \"" + model.name +
+                                                    "\" is not loaded yet; retrying: " + model.error));
+  }
   if (model.state == "loading") {
     if (static_cast<int64_t>(model.pending.size()) >= st.context.options.engine.max_running + st.context.options.max_queue) {
       return call->fail(Status(Code::overloaded, call->op() + ": model \"" + model.name + "\" is loading and " +
@@ -683,6 +866,26 @@ void serve_generation(Self self, const CallPtr& call) {
     return;
   }
   submit(self, model, call, *request);
+}
+
+// Every startup model has loaded, failed, or failed once and retries.
+bool startup_settled(const BatcherState& st) {
+  return std::none_of(st.models.begin(), st.models.end(),
+                      [](const auto& m) { return m.second->startup && m.second->state == "loading"; });
+}
+
+msg::InferModelsReply list_models(const BatcherState& st) {
+  msg::InferModelsReply reply;
+  for (const auto& [_, model] : st.models) reply.models.push_back(describe(*model));
+  return reply;
+}
+
+void notify_startup_waiters(Self self) {
+  auto& st = self->state;
+  if (st.startup_waiters.empty() || !startup_settled(st)) return;
+  const std::string encoded = wire::encode(list_models(st));
+  for (auto& promise : st.startup_waiters) promise.deliver(encoded);
+  st.startup_waiters.clear();
 }
 
 void on_slot_event(Self self, SlotEvent& event) {
@@ -697,21 +900,29 @@ void on_slot_event(Self self, SlotEvent& event) {
   }
   if (it == st.models.end() || it->second->loader_id != event.loader) return;  // unloaded meanwhile
   ServedModel& model = *it->second;
-  if (event.kind == SlotEvent::Kind::failed) {
-    spdlog::error("serve {}: {}", model.name, event.status.to_string());
+  if (event.kind == SlotEvent::Kind::failed || event.kind == SlotEvent::Kind::retrying) {
+    const bool retrying = event.kind == SlotEvent::Kind::retrying;
+    if (retrying) {
+      if (model.state != "retrying") spdlog::warn("serve {}: not loaded yet, retrying: {}", model.name, event.status.message());
+    } else {
+      spdlog::error("serve {}: {}", model.name, event.status.to_string());
+    }
     for (auto& call : model.load_waiters) call->fail(event.status);
     for (auto& [call, _] : model.pending) {
-      call->fail(Status(Code::unavailable, call->op() + ": model \"" + model.name + "\" failed to load: " +
+      call->fail(Status(Code::unavailable, call->op() + ": model \"" + model.name + "\" " +
+                                               (retrying ? "is not loaded yet; retrying: " : "failed to load: ") +
                                                event.status.message()));
     }
     model.load_waiters.clear();
     model.pending.clear();
-    if (!model.from_config) {
+    if (!model.startup) {
+      forget_loaded(st.context, model.name);
       st.models.erase(it);  // a failed infer.load leaves nothing behind, so it can be retried
       return;
     }
-    model.state = "failed";
+    model.state = retrying ? "retrying" : "failed";
     model.error = event.status.message();
+    notify_startup_waiters(self);
     return;
   }
   auto slot = std::move(event.slot);
@@ -741,6 +952,7 @@ void on_slot_event(Self self, SlotEvent& event) {
   for (auto& [call, request] : pending) {
     if (!call->finished()) submit(self, model, call, request);
   }
+  notify_startup_waiters(self);
 }
 
 msg::InferModelStats model_stats(const ServedModel& model, const InferenceOptions& options) {
@@ -784,9 +996,7 @@ void serve(Self self, const CallPtr& call) {
   if (op == msg::kInferCompletions || op == msg::kInferChat) {
     serve_generation(self, call);
   } else if (op == msg::kInferModels) {
-    msg::InferModelsReply reply;
-    for (const auto& [_, model] : st.models) reply.models.push_back(describe(*model));
-    call->reply(reply);
+    call->reply(list_models(st));
   } else if (op == msg::kInferStats) {
     msg::InferStatsReply reply;
     for (const auto& [_, model] : st.models) reply.models.push_back(model_stats(*model, st.context.options));
@@ -798,8 +1008,9 @@ void serve(Self self, const CallPtr& call) {
       return call->fail(Status(Code::already_exists, op + ": a model named \"" + request->name +
                                                          "\" is already served (infer.unload it first)"));
     }
-    auto started = start_loading(self, request->name, request->source, request->adapters, false, call);
+    auto started = start_loading(self, request->name, request->source, request->adapters, false, request->persist, call);
     if (!started.ok()) return call->fail(Status(Code::bad_request, started.message()).with_context(op));
+    record_loaded(st.context, *st.models.at(request->name));
   } else if (op == msg::kInferUnload) {
     auto request = call->body<msg::InferUnloadRequest>();
     if (!request.ok()) return call->fail(request.status());
@@ -815,6 +1026,7 @@ void serve(Self self, const CallPtr& call) {
     if (model.current) model.current->engine().abort_all(why);
     for (auto& slot : model.retiring) slot->engine().abort_all(why);
     spdlog::info("serve {}: unloaded", model.name);
+    forget_loaded(st.context, model.name);
     st.models.erase(it);  // joins the loader and the engine loops (after they deliver the aborts)
     call->reply(msg::Empty{});
   } else {
@@ -828,22 +1040,42 @@ caf::behavior batcher_actor(Self self, InferenceContext context) {
   char prefix[32];
   std::snprintf(prefix, sizeof prefix, "cmpl-%08llx-", static_cast<unsigned long long>(st.seeds() & 0xffffffffu));
   st.id_prefix = prefix;
-  for (const auto& [name, source] : st.context.options.models) {
-    auto started = start_loading(self, name, source, {}, true, nullptr);
-    if (!started.ok()) {
-      spdlog::error("serve {}: {}", name, started.to_string());
-      auto model = std::make_unique<ServedModel>();
-      model->name = name;
-      model->source = source;
-      model->from_config = true;
-      model->state = "failed";
-      model->error = started.message();
-      st.models[name] = std::move(model);
+  // A source that cannot even be parsed is a failed startup model, listed with its reason.
+  auto start_startup = [self](const std::string& name, const std::string& source,
+                              std::vector<msg::InferAdapter> adapters, bool persist) {
+    auto& st = self->state;
+    auto started = start_loading(self, name, source, adapters, true, persist, nullptr);
+    if (started.ok()) return;
+    spdlog::error("serve {}: {}", name, started.to_string());
+    auto model = std::make_unique<ServedModel>();
+    model->name = name;
+    model->source = source;
+    model->adapters = std::move(adapters);
+    model->startup = true;
+    model->persist = persist;
+    model->state = "failed";
+    model->error = started.message();
+    st.models[name] = std::move(model);
+  };
+  for (const auto& [name, source] : st.context.options.models) start_startup(name, source, {}, false);
+  for (auto& record : records_to_restore(st.context)) {
+    if (st.models.count(record.name) != 0) {
+      spdlog::warn("serve {}: serve.models names it; the model loaded at run time under that name is not restored",
+                   record.name);
+      forget_loaded(st.context, record.name);
+      continue;
     }
+    spdlog::info("serve {}: restoring the model loaded at run time from {}", record.name, record.source);
+    start_startup(record.name, record.source, std::move(record.adapters), record.persist);
   }
   return {
       [self](CallMessage& message) { serve(self, message.call); },
       [self](SlotEvent& event) { on_slot_event(self, event); },
+      [self](await_models_atom) {
+        // The promise answers the request, now if settled, else at the slot event that settles it.
+        self->state.startup_waiters.push_back(self->make_response_promise());
+        notify_startup_waiters(self);
+      },
       [self](mailbox_size_atom) { return static_cast<int64_t>(self->mailbox().size()); },
       [](drain_atom) {},
   };
@@ -874,6 +1106,26 @@ Result<std::pair<std::string, std::string>> parse_served_model(std::string_view 
 
 caf::actor spawn_inference_batcher(caf::actor_system& system, const InferenceContext& context) {
   return system.spawn(batcher_actor, context);
+}
+
+Result<msg::InferModelsReply> await_startup_models(caf::actor_system& system, const Directory& directory,
+                                                   std::chrono::milliseconds poll,
+                                                   const std::function<bool()>& give_up) {
+  caf::scoped_actor self{system};
+  for (;;) {
+    caf::actor batcher = directory.find("inference");
+    if (!batcher) return Status(Code::unavailable, "the inference role is not running");
+    std::optional<Result<msg::InferModelsReply>> out;
+    self->request(batcher, poll, await_models_atom::value)
+        .receive([&](const std::string& encoded) { out = wire::decode_bytes<msg::InferModelsReply>(encoded); },
+                 [&](caf::error& error) {
+                   if (error != caf::sec::request_timeout) {
+                     out = Status(Code::unavailable, "the inference role: " + system.render(error));
+                   }
+                 });
+    if (out) return std::move(*out);
+    if (give_up && give_up()) return Status(Code::cancelled, "stopped waiting for the served models to load");
+  }
 }
 
 }  // namespace cairn

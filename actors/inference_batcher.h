@@ -16,6 +16,25 @@
 //   version, that version is loaded in the background, new requests go to it once it is ready, and
 //   the old version finishes its requests in flight and is then freed. No request fails across
 //   the swap.
+// - Startup models (serve.models / --serve, and the models restored from the store, below) are the
+//   ones readiness counts. Their load is retried: a registry source that cannot be resolved yet
+//   (no such alias or version, registry unavailable) is state "retrying" and is tried again with
+//   exponential backoff (load_retry_initial doubling to load_retry_max; an alias is also picked up
+//   at the next alias_poll once it exists); a version or folder that resolves but fails to load is
+//   "failed" (an alias source keeps following its alias, so moving the alias recovers it).
+//   Requests to a model that is not ready fail at once with `unavailable` naming the model and why.
+//   A model loaded at run time (infer.load) is not retried: its first failure is infer.load's error.
+// - Adapter versions: a registry version holding a PEFT adapter (adapter_config.json, no
+//   config.json) is served on its base model: the version's base_model lineage ("name/version",
+//   "name@alias" or a folder), else adapter_config.json's base_model_name_or_path, is loaded as the
+//   engine and the adapter is loaded on it under the served name, which requests select by naming
+//   the served model. Each served name has an engine of its own: two served adapters of one base
+//   load the base twice (several adapters on one base: infer.load's `adapters`).
+// - Persistence: the models loaded with infer.load are recorded in the node's store (family "node",
+//   keys "serve.loaded/<name>") and forgotten by infer.unload. When the actor starts it reloads the
+//   records written during this boot of the node (so a supervisor restart of the actor keeps them)
+//   and those loaded with `persist`; the others, from an earlier run of the node, are dropped:
+//   like vLLM, a node restart serves only its configured models unless a load asked to persist.
 // - Admission: a version holds at most max_running + max_queue requests; past it a request is
 //   refused at once with `overloaded`. Each request ends with `timeout` when its timeout passes
 //   (the request's timeout_ms, else request_timeout). A cancelled Call (client gone, explicit
@@ -26,6 +45,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -42,6 +62,7 @@ namespace cairn {
 
 namespace storage {
 class BlobStore;
+class KvStore;
 }
 
 struct InferenceOptions {
@@ -60,6 +81,10 @@ struct InferenceOptions {
   std::chrono::milliseconds alias_poll{1000};
   // How long one registry call of a loader may take. Default 30 s.
   std::chrono::milliseconds registry_timeout{30000};
+  // Backoff between attempts to load a startup model whose registry source cannot be resolved:
+  // the first wait, doubled after each failure up to the second. Defaults 1 s and 30 s.
+  std::chrono::milliseconds load_retry_initial{1000};
+  std::chrono::milliseconds load_retry_max{30000};
   // Models to load at start, as (name, source).
   std::vector<std::pair<std::string, std::string>> models;
 };
@@ -70,6 +95,12 @@ struct InferenceOptions {
 struct InferenceContext {
   const Directory* directory = nullptr;
   const storage::BlobStore* blobs = nullptr;
+  // Where the models loaded at run time are recorded (family "node"); null: nothing is recorded,
+  // and an actor restart forgets them. Owned by the node; outlives the actor system.
+  storage::KvStore* store = nullptr;
+  // The node's boot count (storage/node_identity.h): records of an earlier boot without `persist`
+  // are dropped at start.
+  uint64_t boot_count = 0;
   InferenceOptions options;
 };
 
@@ -85,5 +116,13 @@ const std::vector<InferenceOp>& inference_ops();
 Result<std::pair<std::string, std::string>> parse_served_model(std::string_view spec);
 
 caf::actor spawn_inference_batcher(caf::actor_system& system, const InferenceContext& context);
+
+// Waits until every startup model of the batcher registered as "inference" in `directory` has
+// loaded, failed, or failed once and is retrying, and returns infer.models' reply then. Asks again
+// every `poll` and gives up with `cancelled` when `give_up()` (called between asks) says so.
+// unavailable when the batcher is not running or stops meanwhile. For the node's ready line.
+Result<msg::InferModelsReply> await_startup_models(caf::actor_system& system, const Directory& directory,
+                                                   std::chrono::milliseconds poll,
+                                                   const std::function<bool()>& give_up);
 
 }  // namespace cairn

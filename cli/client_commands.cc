@@ -3,11 +3,14 @@
 #include <cstdlib>
 #include <iostream>
 #include <numeric>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
 #include "cairn/client.h"
 #include "cli/commands.h"
+#include "cluster/detail/mlflow_json.h"
+#include "runtime/messages/infer.h"
 #include "cluster/auth.h"
 #include "runtime/config.h"
 
@@ -93,10 +96,26 @@ int cmd_status(const ConnectArgs& args) {
   if (!client.ok()) return report_error(args, "status", client.status());
   auto status = (*client)->call_as<msg::NodeStatus>(msg::kStatus, msg::Empty{}, timeout_of(args));
   if (!status.ok()) return report_error(args, "status", status.status());
+  // A node serving models also shows them: which are loading, retrying, ready or failed.
+  std::optional<Result<msg::InferModelsReply>> models;
+  if (find_if(status->actors.begin(), status->actors.end(), [](const auto& a) { return a.name == "inference"; }) !=
+      status->actors.end()) {
+    models = (*client)->call_as<msg::InferModelsReply>(msg::kInferModels, msg::Empty{}, timeout_of(args));
+  }
   if (args.json) {
-    std::cout << status_json(*status).dump() << "\n";
+    json out = status_json(*status);
+    if (models && models->ok()) out["models"] = mlflow_json::encode(**models)["models"];
+    std::cout << out.dump() << "\n";
   } else {
     print_status(*status);
+    if (models) {
+      std::cout << "\n";
+      if (models->ok()) {
+        print_served_models(**models);
+      } else {
+        std::cout << "models: " << models->status().message() << "\n";
+      }
+    }
   }
   return status->state == "running" ? kExitOk : kExitError;
 }

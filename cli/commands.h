@@ -13,6 +13,10 @@
 #include "cairn/client.h"
 #include "runtime/status.h"
 
+namespace cairn::msg {
+struct InferModelsReply;
+}
+
 namespace cairn::cli {
 
 // Exit codes shared by every command.
@@ -82,5 +86,7 @@ void add_tokenizer_commands(CLI::App& app);
 void add_train_commands(CLI::App& app);
 // cli/serve_commands.cc: `cairn serve load|unload|list|stats`, `cairn complete`, `cairn chat`.
 void add_serve_commands(CLI::App& app);
+// The `cairn serve list` table (also under `cairn status` when the node serves models).
+void print_served_models(const msg::InferModelsReply& reply);
 
 }  // namespace cairn::cli

@@ -99,6 +99,8 @@ void configure_inference(NodeConfig& config, InferenceContext& inference) {
   o.max_queue = config.serve_max_queue;
   o.request_timeout = std::chrono::milliseconds(config.serve_request_timeout_ms);
   o.alias_poll = std::chrono::milliseconds(config.serve_alias_poll_ms);
+  o.load_retry_initial = std::chrono::milliseconds(config.serve_load_retry_initial_ms);
+  o.load_retry_max = std::chrono::milliseconds(config.serve_load_retry_max_ms);
   for (const auto& spec : config.serve_models) {
     auto parsed = parse_served_model(spec);  // load_node_config checked the shape
     if (parsed.ok()) o.models.push_back(std::move(parsed).value());
@@ -245,6 +247,8 @@ int run_node(const NodeArgs& args) {
   configure_inference(config, roles.inference);
   roles.inference.directory = &directory;
   roles.inference.blobs = blob_store->get();
+  roles.inference.store = store->get();  // the record of the models loaded at run time
+  roles.inference.boot_count = identity->boot_count;
   caf::actor supervisor =
       spawn_supervisor(system, supervisor_options, child_specs_for(config.roles, roles), directory, hooks);
 
@@ -267,15 +271,12 @@ int run_node(const NodeArgs& args) {
   server = std::move(started_server).value();
 
   HttpRouter http_routes;
-  http_routes.add("GET", "/health", [&](const HttpRequest&, HttpResponder responder) {
-    nlohmann::json body = {{"status", stopping.load() ? "stopping" : "ok"},
-                           {"node", config.name},
-                           {"node_id", identity->node_id},
-                           {"version", kCairnVersion}};
-    HttpResponse response;
-    response.status = stopping.load() ? 503 : 200;
-    response.body = body.dump();
-    responder.respond(std::move(response));
+  const bool serves_models = std::find(config.roles.begin(), config.roles.end(), "inference") != config.roles.end();
+  register_health_route(http_routes, router, serves_models, [&]() {
+    NodeHealth health;
+    health.stopping = stopping.load();
+    health.fields = {{"node", config.name}, {"node_id", identity->node_id}, {"version", kCairnVersion}};
+    return health;
   });
   register_mlflow_routes(http_routes, router, *tokens);
   register_openai_routes(http_routes, router, *tokens);
@@ -301,9 +302,24 @@ int run_node(const NodeArgs& args) {
 
   spdlog::info("node {} (id {}, boot {}) serving roles [{}] from {}", config.name, identity->node_id,
                identity->boot_count, fmt::join(config.roles, ", "), config.data_dir);
+  // Like vLLM, ready once the startup models are: the listeners already answer (GET /health 503
+  // meanwhile), and the line waits until each startup model has loaded, failed, or failed once
+  // and retries, then names each with its state ("models=NAME:STATE,...").
+  std::string models_field;
+  if (serves_models) {
+    auto models = await_startup_models(system, directory, std::chrono::seconds(1), [&stop] { return stop.requested(); });
+    if (models.ok()) {
+      for (const auto& m : models->models) {
+        if (m.startup) models_field += (models_field.empty() ? "" : ",") + m.name + ":" + m.state;
+      }
+    } else {
+      spdlog::warn("served models: {}", models.status().message());
+    }
+  }
   std::cout << "cairn node ready protocol=" << server->bound().to_string()
             << " http=" << (http ? http->bound().to_string() : "off") << " pid=" << ::getpid()
-            << (config.tls_enabled() ? " tls=on" : "") << std::endl;
+            << (config.tls_enabled() ? " tls=on" : "") << (models_field.empty() ? "" : " models=" + models_field)
+            << std::endl;
 
   stop.wait();
   const int exit_code = stop.exit_code();

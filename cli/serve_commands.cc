@@ -32,6 +32,7 @@ struct LoadArgs {
   std::string name;
   std::string source;
   std::vector<std::string> adapters;  // NAME=DIR
+  bool persist = false;
   double load_timeout_s = 600;
 };
 
@@ -39,6 +40,7 @@ int cmd_load(const ConnectArgs& args, const LoadArgs& load) {
   msg::InferLoadRequest request;
   request.name = load.name;
   request.source = load.source;
+  request.persist = load.persist;
   for (const auto& spec : load.adapters) {
     auto eq = spec.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
@@ -54,7 +56,8 @@ int cmd_load(const ConnectArgs& args, const LoadArgs& load) {
     std::cout << mlflow_json::dump(mlflow_json::encode(model)) << "\n";
   } else {
     std::cout << "serving " << model.name << " from " << model.source
-              << (model.version.empty() ? "" : " (version " + model.version + ")") << "\n";
+              << (model.version.empty() ? "" : " (version " + model.version + ")")
+              << (model.base_model.empty() ? "" : " on base " + model.base_model) << "\n";
   }
   return kExitOk;
 }
@@ -87,14 +90,20 @@ int show_reply(const ConnectArgs& args, const std::string& command, std::string_
   return kExitOk;
 }
 
-void print_models(const msg::InferModelsReply& reply) {
+}  // namespace
+
+void print_served_models(const msg::InferModelsReply& reply) {
   std::vector<std::vector<std::string>> rows;
   for (const auto& m : reply.models) {
-    rows.push_back({m.name, m.state, m.version.empty() ? "-" : m.version, m.source,
-                    m.state == "failed" ? m.error : std::to_string(m.max_context)});
+    std::string kept = m.startup && !m.persist ? "start" : m.persist ? "persist" : "run";
+    std::string detail = m.state == "ready" ? "context " + std::to_string(m.max_context) : m.error;
+    if (!m.base_model.empty()) detail = "on " + m.base_model + (detail.empty() ? "" : "; " + detail);
+    rows.push_back({m.name, m.state, m.version.empty() ? "-" : m.version, m.source, kept, detail});
   }
-  print_table({"NAME", "STATE", "VERSION", "SOURCE", "CONTEXT"}, rows);
+  print_table({"NAME", "STATE", "VERSION", "SOURCE", "LOADED", "DETAIL"}, rows);
 }
+
+namespace {
 
 void print_stats(const msg::InferStatsReply& reply) {
   std::vector<std::vector<std::string>> rows;
@@ -184,11 +193,22 @@ void add_serve_commands(CLI::App& app) {
   serve->require_subcommand(1);
 
   auto load = std::make_shared<LoadArgs>();
-  auto* load_cmd = leaf(*serve, "load", "Load a model (admin): a Hugging Face folder, MODEL@ALIAS or MODEL/VERSION", args,
-                        [args, load] { return cmd_load(*args, *load); });
-  load_cmd->add_option("name", load->name, "Name requests use")->required();
-  load_cmd->add_option("source", load->source, "Folder on the node, MODEL@ALIAS (followed) or MODEL/VERSION")->required();
-  load_cmd->add_option("--adapter", load->adapters, "LoRA adapter NAME=DIR on the node (repeatable)");
+  auto* load_cmd = leaf(*serve, "load",
+                        "Load a model (admin): a Hugging Face folder, MODEL@ALIAS or MODEL/VERSION. A registry version "
+                        "holding a LoRA adapter is served on the base model its lineage names. The load is kept while "
+                        "the node runs (also across a restart of its inference actor); with --persist also across "
+                        "node restarts",
+                        args, [args, load] { return cmd_load(*args, *load); });
+  load_cmd->add_option("name", load->name, "Name requests use (as OpenAI's `model`)")->required();
+  load_cmd->add_option("source", load->source,
+                       "Folder on the node, MODEL@ALIAS (followed: a moved alias is swapped in) or MODEL/VERSION; "
+                       "an adapter version (adapter_config.json) loads its base model (--base-model at "
+                       "registration, else adapter_config.json's base_model_name_or_path)")
+      ->required();
+  load_cmd->add_option("--adapter", load->adapters,
+                       "LoRA adapter NAME=DIR on the node (repeatable); requests select it as model NAME:ADAPTER");
+  load_cmd->add_flag("--persist", load->persist,
+                     "Load it again when the node restarts (default: only the node's serve.models are loaded at start)");
   load_cmd->add_option("--load-timeout", load->load_timeout_s, "Seconds to wait for the load (default 600)");
 
   auto name = std::make_shared<std::string>();
@@ -196,8 +216,11 @@ void add_serve_commands(CLI::App& app) {
                       [args, name] { return cmd_unload(*args, *name); });
   unload->add_option("name", *name, "Served name")->required();
 
-  leaf(*serve, "list", "Served models, their state and version", args, [args] {
-    return show_reply<msg::InferModelsReply>(*args, "serve list", msg::kInferModels, print_models);
+  leaf(*serve, "list",
+       "Served models: state (loading, ready, retrying: the registry source is not there yet, failed: with the "
+       "reason), version, and whether loaded at start, at run time or persistently",
+       args, [args] {
+    return show_reply<msg::InferModelsReply>(*args, "serve list", msg::kInferModels, print_served_models);
   });
 
   leaf(*serve, "stats", "Per-model load: running, waiting, KV cache, tokens", args, [args] {

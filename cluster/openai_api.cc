@@ -699,4 +699,53 @@ void register_metrics_route(HttpRouter& routes, Dispatcher& dispatcher, std::fun
   });
 }
 
+HttpResponse health_response(const NodeHealth& node, const Result<msg::InferModelsReply>* models) {
+  Json body = Json::object();
+  body["status"] = "ok";
+  for (const auto& [key, value] : node.fields) body[key] = value;
+  std::string status = "ok";
+  if (models != nullptr) {
+    Json ready = Json::array(), loading = Json::array(), failed = Json::array(), errors = Json::object();
+    if (!models->ok()) {
+      status = "unavailable";
+      body["error"] = models->status().message();
+    } else {
+      for (const auto& m : (*models)->models) {
+        if (!m.startup) continue;
+        if (m.state == "ready") {
+          ready.push_back(m.name);
+          continue;
+        }
+        (m.state == "failed" ? failed : loading).push_back(m.name);
+        if (!m.error.empty()) errors[m.name] = m.error;
+      }
+      if (!loading.empty()) {
+        status = "loading";
+      } else if (!failed.empty()) {
+        status = "failed";
+      }
+    }
+    body["models"] = {{"ready", ready}, {"loading", loading}, {"failed", failed}};
+    if (!errors.empty()) body["errors"] = errors;
+  }
+  if (node.stopping) status = "stopping";
+  body["status"] = status;
+  return json_response(status == "ok" ? 200 : 503, body);
+}
+
+void register_health_route(HttpRouter& routes, Dispatcher& dispatcher, bool serves_models,
+                           std::function<NodeHealth()> node_health) {
+  routes.add("GET", "/health", [&dispatcher, serves_models, node_health](const HttpRequest&, HttpResponder responder) {
+    NodeHealth node = node_health ? node_health() : NodeHealth{};
+    if (!serves_models || node.stopping) return responder.respond(health_response(node, nullptr));
+    dispatch_simple(dispatcher, std::string(msg::kInferModels), Role::client,
+                    [responder, node](Result<std::string> body) {
+                      Result<msg::InferModelsReply> models =
+                          body.ok() ? wire::decode_bytes<msg::InferModelsReply>(*body)
+                                    : Result<msg::InferModelsReply>(body.status());
+                      responder.respond(health_response(node, &models));
+                    });
+  });
+}
+
 }  // namespace cairn

@@ -27,6 +27,8 @@
 
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "cluster/auth.h"
 #include "cluster/http_server.h"
@@ -43,6 +45,28 @@ void register_openai_routes(HttpRouter& routes, Dispatcher& dispatcher, const To
 // infer.stats (none when the inference role is not running) followed by `node_metrics()`, the
 // node's own series in Prometheus text (may be null).
 void register_metrics_route(HttpRouter& routes, Dispatcher& dispatcher, std::function<std::string()> node_metrics);
+
+// What GET /health reports about the node itself; called on an HTTP thread per request.
+struct NodeHealth {
+  bool stopping = false;  // the node is shutting down: 503 "stopping"
+  // Shown as string members of the body (node, node_id, version).
+  std::vector<std::pair<std::string, std::string>> fields;
+};
+
+// Adds GET /health (no authentication, as load balancers and Kubernetes probes call it). Like
+// vLLM's, it answers 200 only once the node can serve what it was configured to serve: when
+// `serves_models` (the inference role runs), every startup model (msg::InferModel::startup) must
+// be ready. Otherwise 503, with a body naming why:
+//   {"status": "ok" | "loading" | "failed" | "unavailable" | "stopping", <node fields>,
+//    "models": {"ready": [names], "loading": [names], "failed": [names]},   // startup models
+//    "errors": {name: why}}                                                 // of loading/failed ones
+// "loading" counts models still loading or retrying an unresolved registry source; "failed" is
+// reported once none is loading; "unavailable" when the inference role does not answer (it is
+// restarting). Models loaded at run time (infer.load) never make the node unhealthy.
+void register_health_route(HttpRouter& routes, Dispatcher& dispatcher, bool serves_models,
+                           std::function<NodeHealth()> node_health);
+// The /health response for `node` and infer.models' reply (or its error); nullptr: no models role.
+HttpResponse health_response(const NodeHealth& node, const Result<msg::InferModelsReply>* models);
 
 // The Prometheus text exposition of `stats` (vLLM's metric names under the cairn: prefix, label
 // model="<name>").

@@ -498,6 +498,14 @@ std::vector<Setting> make_settings() {
       "serve.alias_poll_ms", &N::serve_alias_poll_ms, 10, kMaxTimeoutMs, Unit::milliseconds,
       "How often a model served from MODEL@ALIAS reads the alias; when it moves, the new version is "
       "loaded and swapped in."));
+  table.push_back(integer_setting(
+      "serve.load_retry_initial_ms", &N::serve_load_retry_initial_ms, 10, kMaxTimeoutMs, Unit::milliseconds,
+      "First wait before a startup model whose registry source cannot be resolved yet (no such alias or "
+      "version, registry unavailable) is tried again; doubled after each failure. A missing alias is read "
+      "again every serve.alias_poll_ms."));
+  table.push_back(integer_setting(
+      "serve.load_retry_max_ms", &N::serve_load_retry_max_ms, 10, kMaxTimeoutMs, Unit::milliseconds,
+      "Longest wait between two attempts to load a startup model (see serve.load_retry_initial_ms)."));
   table.push_back(text_setting("serve.device", &N::serve_device, "string",
                                "Where served models run: a libtorch device (cpu, cuda, cuda:1).",
                                "a libtorch device string", "a device such as cpu or cuda:0", is_non_empty));

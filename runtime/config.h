@@ -77,6 +77,8 @@ struct NodeConfig {
   uint32_t serve_max_queue = 256;                     // serve.max_queue: waiting requests per model
   uint32_t serve_request_timeout_ms = 600000;         // serve.request_timeout_ms; 0 = none
   uint32_t serve_alias_poll_ms = 1000;                // serve.alias_poll_ms
+  uint32_t serve_load_retry_initial_ms = 1000;        // serve.load_retry_initial_ms
+  uint32_t serve_load_retry_max_ms = 30000;           // serve.load_retry_max_ms
   std::string serve_device = "cpu";                   // serve.device: libtorch device string
 
   bool tls_enabled() const { return !tls_cert_file.empty() && !tls_key_file.empty(); }

@@ -197,11 +197,19 @@ struct InferModel {
   // A local Hugging Face folder, "model@alias" or "model/version" from the node's registry.
   std::string source;
   std::string version;  // the registry version now serving new requests; "" for a folder
-  std::string state;    // "loading", "ready", "failed"
-  std::string error;    // why, when failed
+  // "loading" (first load in progress), "ready", "retrying" (the registry source cannot be
+  // resolved yet; tried again with backoff), "failed" (the source resolved but did not load).
+  std::string state;
+  std::string error;    // why, when retrying or failed
   int64_t created = 0;  // Unix seconds when the current version started serving
   int64_t max_context = 0;  // the model's max_position_embeddings
   std::vector<std::string> adapters;
+  // A startup model (serve.models, or restored after a restart): readiness (/health) waits for it.
+  bool startup = false;
+  // infer.load's persist: kept across node restarts.
+  bool persist = false;
+  // For a registry adapter version: the base model it runs on ("name/version" or a folder).
+  std::string base_model;
   template <class V>
   void fields(V& v) {
     v("name", name);
@@ -212,6 +220,9 @@ struct InferModel {
     v.optional("created", created);
     v.optional("max_context", max_context);
     v.optional("adapters", adapters);
+    v.optional("startup", startup);
+    v.optional("persist", persist);
+    v.optional("base_model", base_model);
   }
 };
 
@@ -228,11 +239,14 @@ struct InferLoadRequest {
   std::string name;
   std::string source;
   std::vector<InferAdapter> adapters;
+  // Keep serving it after a node restart (it is always kept across a restart of the actor).
+  bool persist = false;
   template <class V>
   void fields(V& v) {
     v("name", name);
     v("source", source);
     v.optional("adapters", adapters);
+    v.optional("persist", persist);
   }
 };
 

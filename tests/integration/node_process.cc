@@ -344,6 +344,7 @@ Status NodeProcess::wait_ready(std::chrono::milliseconds timeout) {
     auto http = ready_field(*line, "http");
     auto protocol_port = protocol ? port_of(*protocol) : std::nullopt;
     if (!protocol_port || !http) return Status(Code::internal, "cannot parse the ready line: " + *line);
+    ready_line_ = *line;
     address_ = *protocol;
     port_ = *protocol_port;
     if (*http != "off") {

@@ -141,6 +141,8 @@ class NodeProcess {
   const std::string& http_address() const { return http_address_; }  // "" when HTTP is off
   uint16_t http_port() const { return http_port_; }
   pid_t pid() const { return child_->pid(); }
+  // The whole ready line (it may carry more fields, such as models=NAME:STATE,...).
+  const std::string& ready_line() const { return ready_line_; }
 
   const std::string& admin_token() const { return admin_token_; }
   const std::string& client_token() const { return client_token_; }
@@ -170,6 +172,7 @@ class NodeProcess {
   std::string admin_token_;
   std::string client_token_;
   std::unique_ptr<ChildProcess> child_;
+  std::string ready_line_;
   std::string address_;
   uint16_t port_ = 0;
   std::string http_address_;

@@ -10,6 +10,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <csignal>
+#include <functional>
+#include <map>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -615,6 +618,262 @@ TEST(ServeHotSwap, AliasMoveUnderLoadSwapsVersionsWithoutFailingARequest) {
   }());
   ASSERT_FALSE(gone.ok());
   EXPECT_EQ(gone.status().code(), Code::not_found);
+}
+
+
+// ---- readiness, retries, persistence and adapter versions ----
+
+HttpResult post_json(const NodeProcess& node, const std::string& path, const Json& body) {
+  auto reply = http(node.http_port(), "POST", path, body.dump(), node.admin_token());
+  EXPECT_TRUE(reply.ok()) << reply.status().to_string() << node.diagnostics();
+  return reply.ok() ? std::move(reply).value() : HttpResult{};
+}
+
+// Polls `predicate` until it holds or `timeout` passes (the node changes state on its own threads).
+bool eventually(const std::function<bool()>& predicate, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    if (predicate()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return predicate();
+}
+
+Result<msg::InferModel> served_model(Client& client, const std::string& name) {
+  auto models = client.call_as<msg::InferModelsReply>(msg::kInferModels, msg::Empty{});
+  if (!models.ok()) return models.status();
+  for (const auto& m : models->models) {
+    if (m.name == name) return m;
+  }
+  return Status(Code::not_found, name + " is not served");
+}
+
+// Kills the inference actor and waits until the supervisor has restarted it (restart number `nth`).
+Status restart_inference(Client& admin, uint64_t nth) {
+  CAIRN_RETURN_IF_ERROR(call_status(admin, msg::kKillActor, wire::encode(msg::KillActor{"inference"})));
+  bool restarted = eventually([&] {
+    auto status = admin.call_as<msg::NodeStatus>(msg::kStatus, msg::Empty{});
+    const msg::ActorStatus* actor = status.ok() ? find_actor(*status, "inference") : nullptr;
+    return actor != nullptr && actor->restarts >= nth && actor->state == "running";
+  }, 30s);
+  return restarted ? Status::ok_status() : Status(Code::timeout, "the inference actor was not restarted");
+}
+
+msg::CompletionRequest greedy_for(const std::string& model, const std::string& prompt, int64_t max_tokens) {
+  auto r = greedy(prompt, max_tokens);
+  r.model = model;
+  return r;
+}
+
+TEST(ServeReadiness, HealthWaitsForStartupModelsAndNamesTheBrokenAndTheMissingOnes) {
+  TempDir dir;
+  fs::create_directories(dir.path("broken"));
+  CAIRN_ASSERT_OK(write_file(dir.path("broken/config.json"), "{\"model_type\": \"llama\", \"hidden_size\": \"big\"}"));
+  NodeOptions options;
+  options.config_yaml = "node:\n  roles: [echo, registry, inference]\nserve:\n  alias_poll_ms: 50\n"
+                        "  load_retry_initial_ms: 50\n  load_retry_max_ms: 200\n";
+  options.extra_args = {"--serve", "tiny=" + fixture_dir(), "--serve", "broken=" + dir.path("broken"), "--serve",
+                        "later=tiny@production"};
+  std::unique_ptr<NodeProcess> node;
+  CAIRN_ASSERT_OK_AND_ASSIGN(node, NodeProcess::start(options, 60s));
+  // The ready line comes once every startup model has loaded, failed, or failed once and retries.
+  const std::string& line = node->ready_line();
+  EXPECT_NE(line.find("tiny:ready"), std::string::npos) << line;
+  EXPECT_NE(line.find("broken:failed"), std::string::npos) << line;
+  EXPECT_NE(line.find("later:retrying"), std::string::npos) << line;
+
+  // Not healthy while "later" waits for its alias: 503 naming it and why.
+  auto health = http(node->http_port(), "GET", "/health", "", "");
+  ASSERT_TRUE(health.ok()) << health.status().to_string();
+  EXPECT_EQ(health->status, 503) << health->body;
+  EXPECT_EQ(health->json["status"], "loading") << health->body;
+  EXPECT_EQ(health->json["models"]["ready"], Json::array({"tiny"})) << health->body;
+  EXPECT_EQ(health->json["models"]["loading"], Json::array({"later"})) << health->body;
+  EXPECT_EQ(health->json["models"]["failed"], Json::array({"broken"})) << health->body;
+  EXPECT_NE(health->json["errors"]["later"].get<std::string>().find("production"), std::string::npos) << health->body;
+  EXPECT_NE(health->json["errors"]["broken"].get<std::string>().find("hidden_size"), std::string::npos) << health->body;
+
+  // The ready model serves; the others fail at once, naming the model and the reason.
+  std::unique_ptr<Client> admin;
+  CAIRN_ASSERT_OK_AND_ASSIGN(admin, Client::connect(node->client_options(Role::admin)));
+  CAIRN_ASSERT_OK(call_status(*admin, msg::kInferCompletions, wire::encode(greedy("ready", 2))));
+  auto later = call_status(*admin, msg::kInferCompletions, wire::encode(greedy_for("later", "x", 2)));
+  EXPECT_EQ(later.code(), Code::unavailable) << later.to_string();
+  EXPECT_NE(later.message().find("\"later\" is not loaded yet"), std::string::npos) << later.to_string();
+  EXPECT_NE(later.message().find("tiny@production"), std::string::npos) << later.to_string();
+  auto broken = post_json(*node, "/v1/completions", {{"model", "broken"}, {"prompt", "x"}});
+  EXPECT_EQ(broken.status, 503) << broken.body;
+  EXPECT_NE(broken.json["error"]["message"].get<std::string>().find("\"broken\" failed to load"), std::string::npos)
+      << broken.body;
+
+  // `cairn status` lists the models with their states.
+  auto code = run_program({CAIRN_BINARY, "status", "--connect", node->address(), "--token", node->admin_token(), "--json"},
+                          dir.path("status.json"), 30s);
+  ASSERT_TRUE(code.ok()) << code.status().to_string();
+  auto status = Json::parse(read_file(dir.path("status.json")), nullptr, false);
+  ASSERT_TRUE(status.is_object()) << read_file(dir.path("status.json"));
+  std::map<std::string, std::string> states;
+  for (const auto& m : status["models"]) states[m["name"]] = m["state"];
+  EXPECT_EQ(states, (std::map<std::string, std::string>{{"broken", "failed"}, {"later", "retrying"}, {"tiny", "ready"}}))
+      << status.dump();
+
+  // The alias appears: the retrying model picks it up; only the broken one keeps the node unhealthy.
+  const std::string v1 = register_version(*node, fixture_dir(), dir.path("out1"));
+  ASSERT_FALSE(v1.empty()) << read_file(dir.path("out1"));
+  CAIRN_ASSERT_OK(call_status(*admin, msg::kSetAlias, wire::encode(msg::SetAliasRequest{"tiny", "production", v1})));
+  ASSERT_TRUE(eventually([&] {
+    auto m = served_model(*admin, "later");
+    return m.ok() && m->state == "ready";
+  }, 60s)) << node->diagnostics();
+  auto reply = admin->call_as<msg::CompletionReply>(msg::kInferCompletions, greedy_for("later", "picked up", 4), 60s);
+  ASSERT_TRUE(reply.ok()) << reply.status().to_string();
+  EXPECT_EQ(reply->version, v1);
+  health = http(node->http_port(), "GET", "/health", "", "");
+  ASSERT_TRUE(health.ok());
+  EXPECT_EQ(health->status, 503) << health->body;
+  EXPECT_EQ(health->json["status"], "failed") << health->body;
+
+  // Without the broken model the node is healthy; a model loaded at run time does not count.
+  CAIRN_ASSERT_OK(call_status(*admin, msg::kInferUnload, wire::encode(msg::InferUnloadRequest{"broken"})));
+  health = http(node->http_port(), "GET", "/health", "", "");
+  ASSERT_TRUE(health.ok());
+  EXPECT_EQ(health->status, 200) << health->body;
+  EXPECT_EQ(health->json["status"], "ok") << health->body;
+}
+
+TEST(ServePersistence, RunTimeLoadsSurviveAnActorRestartAndPersistentOnesANodeRestart) {
+  TempDir dir;
+  NodeOptions options;
+  options.data_dir = dir.path("data");
+  options.config_yaml = "node:\n  roles: [echo, registry, inference]\n";
+  std::string admin_token, client_token;
+  {
+    std::unique_ptr<NodeProcess> node;
+    CAIRN_ASSERT_OK_AND_ASSIGN(node, NodeProcess::start(options));
+    std::unique_ptr<Client> admin;
+    CAIRN_ASSERT_OK_AND_ASSIGN(admin, Client::connect(node->client_options(Role::admin)));
+    for (auto [name, persist] : {std::pair<std::string, bool>{"session", false}, {"kept", true}}) {
+      msg::InferLoadRequest load;
+      load.name = name;
+      load.source = fixture_dir();
+      load.persist = persist;
+      if (persist) load.adapters = {{"lora", std::string(CAIRN_SOURCE_DIR) + "/../shared/fixtures/hf/tiny-llama-lora"}};
+      auto loaded = admin->call_as<msg::InferModel>(msg::kInferLoad, load, 60s);
+      ASSERT_TRUE(loaded.ok()) << loaded.status().to_string() << node->diagnostics();
+    }
+    auto before = admin->call_as<msg::CompletionReply>(msg::kInferCompletions, greedy_for("session", "restart", 6), 60s);
+    ASSERT_TRUE(before.ok()) << before.status().to_string();
+
+    // The supervisor restarts a killed batcher, which loads both again.
+    CAIRN_ASSERT_OK(restart_inference(*admin, 1));
+    ASSERT_TRUE(eventually([&] {
+      auto a = served_model(*admin, "session");
+      auto b = served_model(*admin, "kept");
+      return a.ok() && a->state == "ready" && b.ok() && b->state == "ready";
+    }, 60s)) << node->diagnostics();
+    auto after = admin->call_as<msg::CompletionReply>(msg::kInferCompletions, greedy_for("session", "restart", 6), 60s);
+    ASSERT_TRUE(after.ok()) << after.status().to_string();
+    EXPECT_EQ(after->token_ids, before->token_ids);
+    auto kept = served_model(*admin, "kept");
+    ASSERT_TRUE(kept.ok());
+    EXPECT_EQ(kept->adapters, std::vector<std::string>{"lora"});
+    EXPECT_TRUE(kept->startup);  // restored: readiness counts it now
+    admin_token = node->admin_token();
+    client_token = node->client_token();
+    ASSERT_TRUE(node->signal(SIGTERM));
+    ASSERT_EQ(node->wait_exit(), 0) << node->diagnostics();
+  }
+  // A node restart serves only what asked to persist.
+  options.admin_token = admin_token;
+  options.client_token = client_token;
+  std::unique_ptr<NodeProcess> node;
+  CAIRN_ASSERT_OK_AND_ASSIGN(node, NodeProcess::start(options, 60s));
+  EXPECT_NE(node->ready_line().find("models=kept:ready"), std::string::npos) << node->ready_line();
+  std::unique_ptr<Client> admin;
+  CAIRN_ASSERT_OK_AND_ASSIGN(admin, Client::connect(node->client_options(Role::admin)));
+  auto models = admin->call_as<msg::InferModelsReply>(msg::kInferModels, msg::Empty{});
+  ASSERT_TRUE(models.ok());
+  ASSERT_EQ(models->models.size(), 1u);
+  EXPECT_EQ(models->models[0].name, "kept");
+  EXPECT_TRUE(models->models[0].persist);
+  // Unloading forgets it for good.
+  CAIRN_ASSERT_OK(call_status(*admin, msg::kInferUnload, wire::encode(msg::InferUnloadRequest{"kept"})));
+  CAIRN_ASSERT_OK(restart_inference(*admin, 1));
+  auto listed = admin->call_as<msg::InferModelsReply>(msg::kInferModels, msg::Empty{});
+  ASSERT_TRUE(listed.ok());
+  EXPECT_TRUE(listed->models.empty());
+}
+
+TEST(ServeAdapterVersion, AnAdapterVersionIsServedOnTheBaseItsLineageNames) {
+  NodeOptions options;
+  options.config_yaml = "node:\n  roles: [echo, registry, inference]\n";
+  std::unique_ptr<NodeProcess> node;
+  CAIRN_ASSERT_OK_AND_ASSIGN(node, NodeProcess::start(options));
+  TempDir dir;
+  const std::string lora_dir = std::string(CAIRN_SOURCE_DIR) + "/../shared/fixtures/hf/tiny-llama-lora";
+  const std::string base = register_version(*node, fixture_dir(), dir.path("base"));
+  ASSERT_FALSE(base.empty()) << read_file(dir.path("base"));
+  // One adapter with the lineage set at registration, one naming its base in adapter_config.json.
+  auto code = run_program({CAIRN_BINARY, "models", "register", "tiny-ft", "--from", lora_dir, "--base-model",
+                           "tiny/" + base, "--connect", node->address(), "--token", node->admin_token()},
+                          dir.path("ft"), 60s);
+  ASSERT_TRUE(code.ok() && *code == 0) << read_file(dir.path("ft"));
+  fs::create_directories(dir.path("ft2"));
+  fs::copy_file(lora_dir + "/adapter_model.safetensors", dir.path("ft2/adapter_model.safetensors"));
+  auto config = Json::parse(read_file(lora_dir + "/adapter_config.json"));
+  config["base_model_name_or_path"] = "tiny/" + base;
+  CAIRN_ASSERT_OK(write_file(dir.path("ft2/adapter_config.json"), config.dump()));
+  code = run_program({CAIRN_BINARY, "models", "register", "tiny-ft2", "--from", dir.path("ft2"), "--connect",
+                      node->address(), "--token", node->admin_token()},
+                     dir.path("ft2.out"), 60s);
+  ASSERT_TRUE(code.ok() && *code == 0) << read_file(dir.path("ft2.out"));
+
+  std::unique_ptr<Client> admin;
+  CAIRN_ASSERT_OK_AND_ASSIGN(admin, Client::connect(node->client_options(Role::admin)));
+  msg::InferLoadRequest reference;
+  reference.name = "ref";
+  reference.source = fixture_dir();
+  reference.adapters = {{"lora", lora_dir}};
+  for (const auto& [name, source] : {std::pair<std::string, std::string>{"ft", "tiny-ft/1"}, {"ft2", "tiny-ft2/1"}}) {
+    msg::InferLoadRequest load;
+    load.name = name;
+    load.source = source;
+    auto loaded = admin->call_as<msg::InferModel>(msg::kInferLoad, load, 60s);
+    ASSERT_TRUE(loaded.ok()) << name << ": " << loaded.status().to_string() << node->diagnostics();
+    EXPECT_EQ(loaded->base_model, "tiny/" + base);
+  }
+  auto loaded = admin->call_as<msg::InferModel>(msg::kInferLoad, reference, 60s);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
+  auto tokens = [&](const std::string& model) {
+    auto reply = admin->call_as<msg::CompletionReply>(msg::kInferCompletions, greedy_for(model, "Adapters change", 16), 60s);
+    EXPECT_TRUE(reply.ok()) << model << ": " << reply.status().to_string();
+    return reply.ok() ? reply->token_ids : std::vector<int64_t>{};
+  };
+  const auto with_adapter = tokens("ref:lora");
+  ASSERT_FALSE(with_adapter.empty());
+  EXPECT_NE(with_adapter, tokens("ref")) << "the adapter changed nothing";
+  EXPECT_EQ(tokens("ft"), with_adapter);
+  EXPECT_EQ(tokens("ft2"), with_adapter);
+  // Over OpenAI's API the adapter's served name is the model.
+  auto http_reply = post_json(*node, "/v1/completions", {{"model", "ft"}, {"prompt", "Adapters change"}, {"max_tokens", 16},
+                                                          {"temperature", 0}, {"ignore_eos", true}});
+  ASSERT_EQ(http_reply.status, 200) << http_reply.body;
+  EXPECT_EQ(http_reply.json["model"], "ft");
+
+  // An adapter that names no base is refused, saying how to fix it.
+  fs::create_directories(dir.path("orphan"));
+  fs::copy_file(lora_dir + "/adapter_model.safetensors", dir.path("orphan/adapter_model.safetensors"));
+  fs::copy_file(lora_dir + "/adapter_config.json", dir.path("orphan/adapter_config.json"));
+  code = run_program({CAIRN_BINARY, "models", "register", "orphan", "--from", dir.path("orphan"), "--connect",
+                      node->address(), "--token", node->admin_token()},
+                     dir.path("orphan.out"), 60s);
+  ASSERT_TRUE(code.ok() && *code == 0) << read_file(dir.path("orphan.out"));
+  msg::InferLoadRequest orphan;
+  orphan.name = "orphan";
+  orphan.source = "orphan/1";
+  auto refused = admin->call_as<msg::InferModel>(msg::kInferLoad, orphan, 60s);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("names no base model"), std::string::npos) << refused.status().to_string();
 }
 
 }  // namespace

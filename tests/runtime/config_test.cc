@@ -285,7 +285,7 @@ TEST(SettingsTableTest, OneRowPerSettingInDescribeOrder) {
     if (row.key.rfind("serve.", 0) != 0 && row.key.rfind("train.", 0) != 0) ++core_rows;
   }
   EXPECT_EQ(core_rows, 23u);
-  EXPECT_EQ(serve_rows, 9u);
+  EXPECT_EQ(serve_rows, 11u);
   std::set<std::string> keys;
   for (size_t i = 0; i < table.size(); ++i) {
     const SettingInfo& row = table[i];
