@@ -294,10 +294,10 @@ TEST_F(TrainIntegrationTest, TwoNodesTrainOneJobTogether) {
   EXPECT_NE(refused.status().message().find("nodes"), std::string::npos) << refused.status().message();
 }
 
-// Submits the spanning job `overrides` describe on `home` and waits until it is final; `on_checkpoint`
-// (may be empty) runs on the test thread after the first checkpoint was registered.
+// Submits the job `yaml` with `overrides` and waits until it is final; `on_checkpoint` (may be
+// empty) runs on the test thread, with the job's id, after the first checkpoint was registered.
 Result<msg::JobStatus> run_job(Client& client, const std::string& yaml, const std::vector<std::string>& overrides,
-                               const std::function<void()>& on_checkpoint = {}) {
+                               const std::function<void(const std::string& job_id)>& on_checkpoint = {}) {
   msg::TrainSubmitRequest request;
   request.config_yaml = yaml;
   request.config_name = "job.yaml";
@@ -307,17 +307,18 @@ Result<msg::JobStatus> run_job(Client& client, const std::string& yaml, const st
   LogFollower follower(client, submitted->job_id);
   if (on_checkpoint) {
     if (!follower.wait_checkpoint(kJobTimeout)) return Status(Code::timeout, "no checkpoint");
-    on_checkpoint();
+    on_checkpoint(submitted->job_id);
   }
   CAIRN_RETURN_IF_ERROR(follower.wait_end(kJobTimeout));
   return client.call_as<msg::JobStatus>(msg::kTrainStatus, msg::TrainJobRequest{submitted->job_id}, 30s);
 }
 
 // Issue #5: the other node of a two-node job is SIGKILLed after the first checkpoint and started
-// again on the same address. The home node stops its own rank, restarts both ranks from the
-// checkpoint (the other node fetches it from the home node's registry) and the job ends with the
-// parameters of an uninterrupted run: nothing trained twice, nothing skipped.
-TEST_F(TrainIntegrationTest, SigkilledRemoteNodeRestartsTheJobOnAllNodesFromTheCheckpoint) {
+// again on the same address; then, in a second job, the trainer actor of the other node's rank is
+// killed. Each time the home node stops its own rank, restarts both ranks from the checkpoint (the
+// other node fetches it from the home node's registry) and the job ends with the parameters of an
+// uninterrupted run: nothing trained twice, nothing skipped.
+TEST_F(TrainIntegrationTest, RemoteFailuresRestartTheJobOnAllNodesFromTheCheckpoint) {
   NodeOptions second = train_node_options();
   second.admin_token = node_->admin_token();
   second.client_token = node_->client_token();
@@ -333,7 +334,7 @@ TEST_F(TrainIntegrationTest, SigkilledRemoteNodeRestartsTheJobOnAllNodesFromTheC
   ASSERT_EQ(reference->state, "succeeded") << reference->reason << node_->diagnostics();
 
   std::string restart_error;
-  auto final = run_job(*client_, yaml, spanning, [&] {
+  auto final = run_job(*client_, yaml, spanning, [&](const std::string&) {
     if (!other->signal(SIGKILL)) restart_error = "SIGKILL failed";
     auto code = other->wait_exit();
     if (!code || *code != 128 + SIGKILL) restart_error = "the node did not die of SIGKILL";
@@ -355,6 +356,19 @@ TEST_F(TrainIntegrationTest, SigkilledRemoteNodeRestartsTheJobOnAllNodesFromTheC
   EXPECT_EQ(final->workers[1].node, other->address());
   EXPECT_EQ(final->workers[1].state, "done");
   EXPECT_EQ(final->parameters_digest, reference->parameters_digest);
+
+  std::unique_ptr<Client> other_client;
+  CAIRN_ASSERT_OK_AND_ASSIGN(other_client, Client::connect(other->client_options(Role::admin)));
+  Status killed = Status(Code::internal, "not killed");
+  auto crashed = run_job(*client_, yaml, spanning, [&](const std::string& job_id) {
+    auto reply = other_client->call(msg::kKillActor, wire::encode(msg::KillActor{"train/" + job_id + "/trainer-1"}));
+    killed = reply.ok() ? Status() : reply.status();
+  });
+  CAIRN_ASSERT_OK(killed);
+  ASSERT_TRUE(crashed.ok()) << crashed.status().to_string() << node_->diagnostics();
+  EXPECT_EQ(crashed->state, "succeeded") << crashed->reason << node_->diagnostics() << other->diagnostics();
+  EXPECT_EQ(crashed->restarts, 1u);
+  EXPECT_EQ(crashed->parameters_digest, reference->parameters_digest);
 }
 
 // A node that does not come back within train.peer_timeout_ms fails the job, naming the node.
@@ -370,7 +384,7 @@ TEST_F(TrainIntegrationTest, RemoteNodeThatStaysDownFailsTheJobNamingIt) {
   const std::string other_address = other->address();
   auto final = run_job(*client, job_yaml(data_dir_.path("data.jsonl")),
                        {"max_steps=30", "num_workers=2", "nodes=[" + home->address() + ", " + other_address + "]"},
-                       [&] { other.reset(); });  // SIGKILL, not started again
+                       [&](const std::string&) { other.reset(); });  // SIGKILL, not started again
   ASSERT_TRUE(final.ok()) << final.status().to_string() << home->diagnostics();
   EXPECT_EQ(final->state, "failed") << home->diagnostics();
   EXPECT_NE(final->reason.find("node " + other_address), std::string::npos) << final->reason;
