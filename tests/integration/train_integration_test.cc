@@ -315,10 +315,10 @@ Result<msg::JobStatus> run_job(Client& client, const std::string& yaml, const st
 
 // Issue #5: the other node of a two-node job is SIGKILLed after the first checkpoint and started
 // again on the same address; then, in a second job, the trainer actor of the other node's rank is
-// killed. Each time the home node stops its own rank, restarts both ranks from the checkpoint (the
+// killed, and in a third the home node's. Each time the home node stops its own rank, restarts both ranks from the checkpoint (the
 // other node fetches it from the home node's registry) and the job ends with the parameters of an
 // uninterrupted run: nothing trained twice, nothing skipped.
-TEST_F(TrainIntegrationTest, RemoteFailuresRestartTheJobOnAllNodesFromTheCheckpoint) {
+TEST_F(TrainIntegrationTest, FailuresOnEitherNodeRestartTheJobOnAllNodesFromTheCheckpoint) {
   NodeOptions second = train_node_options();
   second.admin_token = node_->admin_token();
   second.client_token = node_->client_token();
@@ -369,6 +369,19 @@ TEST_F(TrainIntegrationTest, RemoteFailuresRestartTheJobOnAllNodesFromTheCheckpo
   EXPECT_EQ(crashed->state, "succeeded") << crashed->reason << node_->diagnostics() << other->diagnostics();
   EXPECT_EQ(crashed->restarts, 1u);
   EXPECT_EQ(crashed->parameters_digest, reference->parameters_digest);
+
+  // And a crash on the home node stops and restarts the other node's rank too.
+  killed = Status(Code::internal, "not killed");
+  Client* home_client = client_.get();
+  auto home_crashed = run_job(*client_, yaml, spanning, [&](const std::string& job_id) {
+    auto reply = home_client->call(msg::kKillActor, wire::encode(msg::KillActor{"train/" + job_id + "/trainer-0"}));
+    killed = reply.ok() ? Status() : reply.status();
+  });
+  CAIRN_ASSERT_OK(killed);
+  ASSERT_TRUE(home_crashed.ok()) << home_crashed.status().to_string() << node_->diagnostics();
+  EXPECT_EQ(home_crashed->state, "succeeded") << home_crashed->reason << node_->diagnostics() << other->diagnostics();
+  EXPECT_EQ(home_crashed->restarts, 1u);
+  EXPECT_EQ(home_crashed->parameters_digest, reference->parameters_digest);
 }
 
 // A node that does not come back within train.peer_timeout_ms fails the job, naming the node.
