@@ -41,6 +41,12 @@ class OpenAiApiTest : public ::testing::Test {
     tokens_.emplace(std::move(tokens).value());
     register_openai_routes(routes_, dispatcher_, *tokens_);
     register_metrics_route(routes_, dispatcher_, [] { return std::string("cairn:node_uptime_seconds 1\n"); });
+    register_health_route(routes_, dispatcher_, /*serves_models=*/true, [this] {
+      NodeHealth health;
+      health.stopping = stopping_;
+      health.fields = {{"node", "n1"}};
+      return health;
+    });
   }
   HttpResponse request(const std::string& method, const std::string& path, const std::string& body,
                        const std::string& token = kClientToken) {
@@ -64,6 +70,7 @@ class OpenAiApiTest : public ::testing::Test {
   HttpRouter routes_;
   FakeDispatcher dispatcher_;
   std::optional<TokenStore> tokens_;
+  bool stopping_ = false;
 };
 
 msg::CompletionReply canned_reply() {
@@ -255,6 +262,57 @@ TEST_F(OpenAiApiTest, MetricsArePrometheusTextWithoutAuthentication) {
   auto bare = request("GET", "/metrics", "", "");
   EXPECT_EQ(bare.status, 200);
   EXPECT_EQ(bare.body, "cairn:node_uptime_seconds 1\n");
+}
+
+msg::InferModel model(const std::string& name, const std::string& state, bool startup, const std::string& error = {}) {
+  msg::InferModel m;
+  m.name = name;
+  m.state = state;
+  m.startup = startup;
+  m.error = error;
+  return m;
+}
+
+TEST_F(OpenAiApiTest, HealthIs200OnlyWhenEveryStartupModelIsReady) {
+  msg::InferModelsReply reply;
+  dispatcher_.answer = [&reply](Call& call) { call.reply(reply); };
+  auto health = [&]() {
+    auto r = request("GET", "/health", "", "");
+    return std::make_pair(r.status, Json::parse(r.body, nullptr, false));
+  };
+  // Still loading: 503 naming it; a model loaded at run time (not startup) does not count.
+  reply.models = {model("a", "ready", true), model("b", "loading", true), model("c", "loading", false)};
+  auto [status, body] = health();
+  EXPECT_EQ(status, 503) << body.dump();
+  EXPECT_EQ(body["status"], "loading");
+  EXPECT_EQ(body["node"], "n1");
+  EXPECT_EQ(body["models"]["ready"], Json::array({"a"}));
+  EXPECT_EQ(body["models"]["loading"], Json::array({"b"}));
+  // Retrying counts as loading, with its reason; failed only once nothing loads.
+  reply.models = {model("a", "failed", true, "bad config"), model("b", "retrying", true, "no alias")};
+  std::tie(status, body) = health();
+  EXPECT_EQ(status, 503);
+  EXPECT_EQ(body["status"], "loading");
+  EXPECT_EQ(body["errors"]["b"], "no alias");
+  EXPECT_EQ(body["models"]["failed"], Json::array({"a"}));
+  reply.models = {model("a", "failed", true, "bad config"), model("b", "ready", true)};
+  std::tie(status, body) = health();
+  EXPECT_EQ(status, 503);
+  EXPECT_EQ(body["status"], "failed");
+  EXPECT_EQ(body["errors"]["a"], "bad config");
+  reply.models = {model("b", "ready", true), model("c", "failed", false, "broken")};
+  std::tie(status, body) = health();
+  EXPECT_EQ(status, 200) << body.dump();
+  EXPECT_EQ(body["status"], "ok");
+  // The inference actor not answering (restarting), and a stopping node.
+  dispatcher_.answer = [](Call& call) { call.fail(Status(Code::unavailable, "the inference actor is restarting")); };
+  std::tie(status, body) = health();
+  EXPECT_EQ(status, 503);
+  EXPECT_EQ(body["status"], "unavailable");
+  stopping_ = true;
+  std::tie(status, body) = health();
+  EXPECT_EQ(status, 503);
+  EXPECT_EQ(body["status"], "stopping");
 }
 
 }  // namespace
