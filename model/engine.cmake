@@ -6,8 +6,11 @@ list(APPEND CAIRN_MODEL_SOURCES
 # libtorch (cairn_model).
 list(APPEND CAIRN_MODEL_TORCH_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/engine.cc
-  ${CMAKE_CURRENT_SOURCE_DIR}/detail/decode_attention.cc)
-# The decode attention kernel shares its (sequence, kv head) pairs through at::parallel_for, whose
-# OpenMP pragma only splits the work in files compiled with OpenMP; it then needs libgomp.
-set_source_files_properties(${CMAKE_CURRENT_SOURCE_DIR}/detail/decode_attention.cc PROPERTIES COMPILE_OPTIONS -fopenmp)
+  ${CMAKE_CURRENT_SOURCE_DIR}/detail/decode_attention.cc
+  ${CMAKE_CURRENT_SOURCE_DIR}/detail/engine_linear.cc)
+# The decode attention kernel and the column-blocked projections share their work through
+# at::parallel_for, whose OpenMP pragma only splits the work in files compiled with OpenMP; they
+# then need libgomp.
+set_source_files_properties(${CMAKE_CURRENT_SOURCE_DIR}/detail/decode_attention.cc
+  ${CMAKE_CURRENT_SOURCE_DIR}/detail/engine_linear.cc PROPERTIES COMPILE_OPTIONS -fopenmp)
 cmake_language(DEFER CALL target_link_libraries cairn_model PRIVATE gomp)
