@@ -379,6 +379,9 @@ TEST_F(TrainJobTest, TwoWorkersInOneNodeTrainOneJob) {
   ASSERT_EQ(pair.state, "succeeded") << pair.reason;
   ASSERT_EQ(pair.workers.size(), 2u);
   EXPECT_EQ(pair.workers[1].state, "done");
+  // Every rank reports its step (what shows a rank on another node in the job's status).
+  EXPECT_EQ(pair.workers[0].step, 6);
+  EXPECT_EQ(pair.workers[1].step, 6);
   // The same global batches: the same losses up to float rounding.
   EXPECT_NEAR(pair.loss, single.loss, 1e-3 * std::max(1.0, single.loss));
 }
