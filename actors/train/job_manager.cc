@@ -316,20 +316,33 @@ void register_actor(Self self, const std::string& name, const caf::actor& actor)
   self->state.context.directory->set(name, actor);
 }
 
-// Home of a job spanning nodes: tells the other nodes to stop the job's ranks (train.abort). Blocks
-// the job manager for at most a few seconds per node; their ranks also fail on their own once this
-// node's ring sockets close. Not while the coordinator thread still owns the clients.
-void abort_peers(Generation& gen, const Job& job, const Status& why) {
+// Home of a job spanning nodes: tells the other nodes to stop the job's ranks (train.abort). Without
+// `wait` it does not wait for the answers: the generation (and its clients) lives on until each
+// node's train.start has ended. With `wait` (the generation ends at once after this: joined nodes
+// that were never started) it waits up to a few seconds per node. A node that is down answers
+// nothing; its ranks also fail on their own once this node's ring sockets close. Not while the
+// coordinator thread still owns the clients.
+void abort_peers(Generation& gen, const Job& job, const Status& why, bool wait = false) {
   if (!gen.peers || gen.coordinating || why.ok()) return;
   msg::TrainAbortRequest abort;
   abort.job_id = job.record.status.job_id;
   abort.secret = job.secret;
   abort.reason = why.ok() ? "the job is stopping" : why.to_string();
+  const std::string body = wire::encode(abort);
   for (size_t i = 0; i < gen.peers->clients.size(); ++i) {
-    auto sent = gen.peers->clients[i]->call(msg::kTrainAbort, wire::encode(abort), std::chrono::seconds(5));
-    if (!sent.ok()) {
-      spdlog::warn("train {}: train.abort on node {}: {}", abort.job_id, gen.peers->nodes[i], sent.status().to_string());
+    if (wait) {
+      auto sent = gen.peers->clients[i]->call(msg::kTrainAbort, body, std::chrono::seconds(5));
+      if (!sent.ok()) {
+        spdlog::warn("train {}: train.abort on node {}: {}", abort.job_id, gen.peers->nodes[i], sent.status().to_string());
+      }
+      continue;
     }
+    gen.peers->clients[i]->call_async(
+        msg::kTrainAbort, body,
+        [job_id = abort.job_id, node = gen.peers->nodes[i]](Result<std::string> sent) {
+          if (!sent.ok()) spdlog::warn("train {}: train.abort on node {}: {}", job_id, node, sent.status().to_string());
+        },
+        std::chrono::seconds(5));
   }
 }
 
@@ -626,19 +639,21 @@ void on_joined(Self self, const std::string& job_id, uint64_t number, const Stat
   if (job == nullptr || !job->generation || job->generation->number != number) return;
   Generation& gen = *job->generation;
   if (gen.coordinator.joinable()) gen.coordinator.join();
-  gen.coordinating = false;
-  if (!joined.ok()) {
-    gen.fatal = true;
-    stop_generation(self, *job, joined);
-    abort_peers(gen, *job, joined);  // the nodes that did join; stop_generation ran while coordinating
-    return end_generation(self, *job);
-  }
-  if (gen.ending || job->cancelling) {
-    const Status why = gen.failure.ok() ? Status(Code::cancelled, job->cancel_reason) : gen.failure;
+  if (!joined.ok() || gen.ending || job->cancelling) {
+    // A join failed (not retried from a checkpoint: join_node already retried what may pass), or
+    // the job stopped meanwhile. stop_generation sends no train.abort while coordinating; the
+    // nodes that joined were never started and the generation ends right here, so they are told
+    // now and the answers awaited.
+    gen.fatal = !joined.ok();
+    const Status why = !joined.ok()        ? joined
+                       : gen.failure.ok() ? Status(Code::cancelled, job->cancel_reason)
+                                          : gen.failure;
     stop_generation(self, *job, why);
-    abort_peers(gen, *job, why);  // stop_generation ran before, while the clients were not ours
+    gen.coordinating = false;
+    abort_peers(gen, *job, why, /*wait=*/true);
     return end_generation(self, *job);
   }
+  gen.coordinating = false;
   std::vector<HostPort> peers;
   for (const auto& address : addresses) {
     auto parsed = parse_host_port(address);
