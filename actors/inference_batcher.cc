@@ -450,7 +450,7 @@ class Loader {
                                                 " has neither config.json (a model) nor adapter_config.json (a LoRA adapter)");
     }
     auto dir = materialize(version);
-    if (!dir.ok()) return dir.status();
+    if (!dir.ok()) return dir.status().with_context("serve " + name_);
     if (is_model) return load_dir(*dir, version.version);
     auto base = adapter_base(version, *dir);
     if (!base.ok()) return base.status().with_context("serve " + name_);
@@ -905,7 +905,8 @@ void on_slot_event(Self self, SlotEvent& event) {
     if (retrying) {
       if (model.state != "retrying") spdlog::warn("serve {}: not loaded yet, retrying: {}", model.name, event.status.message());
     } else {
-      spdlog::error("serve {}: {}", model.name, event.status.to_string());
+      // The loader's errors already name the model ("serve NAME: ...").
+      spdlog::error("{}", event.status.to_string());
     }
     for (auto& call : model.load_waiters) call->fail(event.status);
     for (auto& [call, _] : model.pending) {

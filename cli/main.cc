@@ -32,8 +32,10 @@ int main(int argc, char** argv) {
         for (const auto& spec : specs) joined += (joined.empty() ? "" : ",") + spec;
         node_args.overrides.emplace_back("serve.models", joined);
       },
-      "NAME=SOURCE: serve a model (a Hugging Face folder, MODEL@ALIAS or MODEL/VERSION); repeatable; turns on the "
-      "inference role");
+      "NAME=SOURCE: serve a model (a Hugging Face folder, MODEL@ALIAS or MODEL/VERSION; a LoRA adapter version runs "
+      "on its base); repeatable; turns on the inference role. The ready line waits until each has loaded, failed or "
+      "is retrying a registry source not there yet, and names their states; GET /health is 200 once all are ready "
+      "(docs/SERVING.md)");
   node->callback([&] { std::exit(cairn::cli::run_node(node_args)); });
 
   cairn::cli::add_client_commands(app);

@@ -306,7 +306,7 @@ int run_node(const NodeArgs& args) {
   // meanwhile), and the line waits until each startup model has loaded, failed, or failed once
   // and retries, then names each with its state ("models=NAME:STATE,...").
   std::string models_field;
-  if (serves_models) {
+  if (serves_models && !stop.requested()) {
     auto models = await_startup_models(system, directory, std::chrono::seconds(1), [&stop] { return stop.requested(); });
     if (models.ok()) {
       for (const auto& m : models->models) {
@@ -316,10 +316,12 @@ int run_node(const NodeArgs& args) {
       spdlog::warn("served models: {}", models.status().message());
     }
   }
-  std::cout << "cairn node ready protocol=" << server->bound().to_string()
-            << " http=" << (http ? http->bound().to_string() : "off") << " pid=" << ::getpid()
-            << (config.tls_enabled() ? " tls=on" : "") << (models_field.empty() ? "" : " models=" + models_field)
-            << std::endl;
+  if (!stop.requested()) {  // a node told to stop while its models loaded never says it is ready
+    std::cout << "cairn node ready protocol=" << server->bound().to_string()
+              << " http=" << (http ? http->bound().to_string() : "off") << " pid=" << ::getpid()
+              << (config.tls_enabled() ? " tls=on" : "") << (models_field.empty() ? "" : " models=" + models_field)
+              << std::endl;
+  }
 
   stop.wait();
   const int exit_code = stop.exit_code();

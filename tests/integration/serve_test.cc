@@ -752,15 +752,17 @@ TEST(ServePersistence, RunTimeLoadsSurviveAnActorRestartAndPersistentOnesANodeRe
     CAIRN_ASSERT_OK_AND_ASSIGN(node, NodeProcess::start(options));
     std::unique_ptr<Client> admin;
     CAIRN_ASSERT_OK_AND_ASSIGN(admin, Client::connect(node->client_options(Role::admin)));
-    for (auto [name, persist] : {std::pair<std::string, bool>{"session", false}, {"kept", true}}) {
-      msg::InferLoadRequest load;
-      load.name = name;
-      load.source = fixture_dir();
-      load.persist = persist;
-      if (persist) load.adapters = {{"lora", std::string(CAIRN_SOURCE_DIR) + "/../shared/fixtures/hf/tiny-llama-lora"}};
-      auto loaded = admin->call_as<msg::InferModel>(msg::kInferLoad, load, 60s);
-      ASSERT_TRUE(loaded.ok()) << loaded.status().to_string() << node->diagnostics();
-    }
+    msg::InferLoadRequest load;
+    load.name = "session";
+    load.source = fixture_dir();
+    auto loaded = admin->call_as<msg::InferModel>(msg::kInferLoad, load, 60s);
+    ASSERT_TRUE(loaded.ok()) << loaded.status().to_string() << node->diagnostics();
+    // The other through the command, as an admin would.
+    auto code = run_program({CAIRN_BINARY, "serve", "load", "kept", fixture_dir(), "--adapter",
+                             "lora=" + std::string(CAIRN_SOURCE_DIR) + "/../shared/fixtures/hf/tiny-llama-lora",
+                             "--persist", "--connect", node->address(), "--token", node->admin_token()},
+                            dir.path("load.out"), 60s);
+    ASSERT_TRUE(code.ok() && *code == 0) << read_file(dir.path("load.out")) << node->diagnostics();
     auto before = admin->call_as<msg::CompletionReply>(msg::kInferCompletions, greedy_for("session", "restart", 6), 60s);
     ASSERT_TRUE(before.ok()) << before.status().to_string();
 
