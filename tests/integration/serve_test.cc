@@ -741,6 +741,32 @@ TEST(ServeReadiness, HealthWaitsForStartupModelsAndNamesTheBrokenAndTheMissingOn
   EXPECT_EQ(health->json["status"], "ok") << health->body;
 }
 
+TEST(ServeReadiness, AnUnreachableRegistryIsRetriedWithBackoff) {
+  NodeOptions options;
+  // No registry role: every attempt to resolve the version fails with unavailable.
+  options.config_yaml = "node:\n  roles: [echo, inference]\nserve:\n  load_retry_initial_ms: 50\n"
+                        "  load_retry_max_ms: 200\n";
+  options.extra_args = {"--serve", "pinned=tiny/1"};
+  std::unique_ptr<NodeProcess> node;
+  CAIRN_ASSERT_OK_AND_ASSIGN(node, NodeProcess::start(options, 60s));
+  EXPECT_NE(node->ready_line().find("models=pinned:retrying"), std::string::npos) << node->ready_line();
+  std::unique_ptr<Client> client;
+  CAIRN_ASSERT_OK_AND_ASSIGN(client, Client::connect(node->client_options(Role::client)));
+  // The waits double from 50 ms and stay at the 200 ms cap.
+  std::string error;
+  EXPECT_TRUE(eventually([&] {
+    auto m = served_model(*client, "pinned");
+    error = m.ok() ? m->error : m.status().to_string();
+    return m.ok() && m->state == "retrying" && error.find("next in 200 ms") != std::string::npos &&
+           error.find("attempt 1,") == std::string::npos;
+  }, 30s)) << error;
+  EXPECT_NE(error.find("tiny/1"), std::string::npos) << error;
+  EXPECT_NE(error.find("registry"), std::string::npos) << error;
+  auto request = call_status(*client, msg::kInferCompletions, wire::encode(greedy_for("pinned", "x", 2)));
+  EXPECT_EQ(request.code(), Code::unavailable) << request.to_string();
+  EXPECT_NE(request.message().find("\"pinned\" is not loaded yet"), std::string::npos) << request.to_string();
+}
+
 TEST(ServePersistence, RunTimeLoadsSurviveAnActorRestartAndPersistentOnesANodeRestart) {
   TempDir dir;
   NodeOptions options;
