@@ -206,13 +206,33 @@ struct LlamaModel::Impl {
     if (config.tie_word_embeddings) lm_head.mutable_weight() = embed_tokens;
   }
 
+  // The CPU training path (grad on, training mode, no KV cache) computes with the row-wise kernels
+  // and blocked products of model/detail/row_blocks.h, split over the ATen threads (one BLAS
+  // thread here). Inference keeps the plain ATen ops, and so its bits.
+  bool cpu_training(const at::Tensor& x, const KvCache* cache) const {
+    return cache == nullptr && training && x.device().is_cpu() && at::GradMode::is_enabled();
+  }
+
+  at::Tensor normed(const at::Tensor& x, const at::Tensor& weight, const KvCache* cache) const {
+    if (cpu_training(x, cache) && x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat) {
+      return detail::rms_norm_rows(x, weight, config.rms_norm_eps);
+    }
+    return rms_norm(x, weight, config.rms_norm_eps);
+  }
+
   at::Tensor attention(const Layer& layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                        const at::Tensor& blocked, KvCache* cache, size_t layer_index) const {
     const LlamaConfig& c = config;
     const int64_t batch = x.size(0), length = x.size(1), heads = c.num_attention_heads,
                   kv_heads = c.num_key_value_heads, head_dim = c.head_dim, group = heads / kv_heads;
-    at::Tensor q = apply_rope(layer.q_proj.forward(x, training).view({batch, length, heads, head_dim}), cos, sin);
-    at::Tensor k = apply_rope(layer.k_proj.forward(x, training).view({batch, length, kv_heads, head_dim}), cos, sin);
+    const bool blocked_products = cpu_training(x, cache);
+    auto rope = [&](const at::Tensor& t) {
+      const bool rows = blocked_products && t.scalar_type() == at::kFloat && cos.scalar_type() == at::kFloat &&
+                        cos.size(0) == t.size(0);
+      return rows ? detail::rope_rows(t, cos, sin) : apply_rope(t, cos, sin);
+    };
+    at::Tensor q = rope(layer.q_proj.forward(x, training).view({batch, length, heads, head_dim}));
+    at::Tensor k = rope(layer.k_proj.forward(x, training).view({batch, length, kv_heads, head_dim}));
     at::Tensor v = layer.v_proj.forward(x, training).view({batch, length, kv_heads, head_dim});
     // Grouped-query attention without repeating keys and values: the `group` query heads that
     // share kv head j (heads j*group .. j*group+group-1, as transformers' repeat_kv pairs them)
@@ -234,9 +254,7 @@ struct LlamaModel::Impl {
       }
     }
     const int64_t keys_len = k.size(2);
-    // Training on the CPU: the two products and their backward split over batch * kv heads across
-    // the ATen threads (one BLAS thread here). Inference keeps at::matmul, and so its bits.
-    const bool blocked_products = cache == nullptr && training && q.device().is_cpu() && at::GradMode::is_enabled();
+    // Training on the CPU: the two products and their backward split over batch * kv heads.
     auto matmul = [blocked_products](const at::Tensor& a, const at::Tensor& b) {
       return blocked_products ? detail::blocked_matmul(a, b) : at::matmul(a, b);
     };
@@ -469,13 +487,13 @@ Result<at::Tensor> LlamaModel::forward(const ForwardInput& input, KvCache* cache
     for (size_t i = 0; i < m.layers.size(); ++i) {
       const Layer& layer = m.layers[i];
       // Captures by value: a checkpointed layer runs again during backward, after forward returned.
-      auto decoder_layer = [&m, &layer, cos, sin, blocked, cache, i, eps = c.rms_norm_eps](const at::Tensor& x) {
-        at::Tensor h = x + m.attention(layer, rms_norm(x, layer.input_layernorm, eps), cos, sin, blocked, cache, i);
-        return h + m.mlp(layer, rms_norm(h, layer.post_attention_layernorm, eps));
+      auto decoder_layer = [&m, &layer, cos, sin, blocked, cache, i](const at::Tensor& x) {
+        at::Tensor h = x + m.attention(layer, m.normed(x, layer.input_layernorm, cache), cos, sin, blocked, cache, i);
+        return h + m.mlp(layer, m.normed(h, layer.post_attention_layernorm, cache));
       };
       hidden = checkpointing ? detail::checkpointed(decoder_layer, hidden, m.device) : decoder_layer(hidden);
     }
-    hidden = rms_norm(hidden, m.norm, c.rms_norm_eps);
+    hidden = m.normed(hidden, m.norm, cache);
     if (input.last_position_only) hidden = hidden.narrow(1, length - 1, 1);
     if (input.hidden_states_only) {
       if (cache != nullptr) cache->length_ = total;

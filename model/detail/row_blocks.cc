@@ -4,6 +4,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 namespace cairn::detail {
@@ -118,6 +119,134 @@ struct BlockedMatmul : torch::autograd::Function<BlockedMatmul> {
   }
 };
 
+// Rows per block of the row-wise operations (a block's rows are computed one by one, so any
+// split gives the same bits; the size only bounds the scheduling overhead). Also the block of the
+// RMSNorm weight gradient's partial sums, whose split must stay fixed.
+constexpr int64_t kRowwiseBlock = 64;
+
+struct RopeRows : torch::autograd::Function<RopeRows> {
+  // out[i] = x[i] c[i] - x[i + half] s[i] (i < half), x[i] c[i] + x[i - half] s[i] (i >= half).
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+    at::Tensor out = at::empty(x.sizes(), x.options());
+    rotate(out, x.contiguous(), cos, sin, /*transpose=*/false);
+    ctx->save_for_backward({cos, sin});
+    return out;
+  }
+
+  // The transpose: grad[i] = g[i] c[i] + g[i + half] s[i + half] (i < half),
+  // g[i] c[i] - g[i - half] s[i - half] (i >= half).
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    variable_list saved = ctx->get_saved_variables();
+    at::Tensor grad = grad_outputs[0].contiguous();
+    at::Tensor grad_x = at::empty(grad.sizes(), grad.options());
+    rotate(grad_x, grad, saved[0], saved[1], /*transpose=*/true);
+    return {grad_x, at::Tensor(), at::Tensor()};
+  }
+
+  static void rotate(at::Tensor& out, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                     bool transpose) {
+    const int64_t positions = x.size(0) * x.size(1), heads = x.size(2), dim = x.size(3), half = dim / 2;
+    const float* xs = x.data_ptr<float>();
+    const float* cs = cos.data_ptr<float>();
+    const float* ss = sin.data_ptr<float>();
+    float* os = out.data_ptr<float>();
+    for_each_block(positions, kRowwiseBlock, [&](int64_t begin, int64_t len) {
+      for (int64_t p = begin; p < begin + len; ++p) {
+        const float* c = cs + p * dim;
+        const float* s = ss + p * dim;
+        for (int64_t h = 0; h < heads; ++h) {
+          const float* in = xs + (p * heads + h) * dim;
+          float* o = os + (p * heads + h) * dim;
+          if (transpose) {
+            for (int64_t i = 0; i < half; ++i) o[i] = in[i] * c[i] + in[i + half] * s[i + half];
+            for (int64_t i = half; i < dim; ++i) o[i] = in[i] * c[i] - in[i - half] * s[i - half];
+          } else {
+            for (int64_t i = 0; i < half; ++i) o[i] = in[i] * c[i] - in[i + half] * s[i];
+            for (int64_t i = half; i < dim; ++i) o[i] = in[i] * c[i] + in[i - half] * s[i];
+          }
+        }
+      }
+    });
+  }
+};
+
+struct RmsNormRows : torch::autograd::Function<RmsNormRows> {
+  // y = w * (x * r), r = 1 / sqrt(sum(x^2) / n + eps) per row.
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& weight, double eps) {
+    at::Tensor x = x_in.contiguous();
+    const int64_t n = x.size(-1), rows = x.numel() / n;
+    at::Tensor out = at::empty(x.sizes(), x.options());
+    at::Tensor inv = at::empty({rows}, x.options());  // r per row, for backward
+    const float* xs = x.data_ptr<float>();
+    const float* w = weight.data_ptr<float>();
+    float* ys = out.data_ptr<float>();
+    float* rs = inv.data_ptr<float>();
+    for_each_block(rows, kRowwiseBlock, [&](int64_t begin, int64_t len) {
+      for (int64_t row = begin; row < begin + len; ++row) {
+        const float* xr = xs + row * n;
+        float* yr = ys + row * n;
+        double sum = 0;
+        for (int64_t j = 0; j < n; ++j) sum += static_cast<double>(xr[j]) * xr[j];
+        const float r = static_cast<float>(1.0 / std::sqrt(sum / static_cast<double>(n) + eps));
+        rs[row] = r;
+        for (int64_t j = 0; j < n; ++j) yr[j] = w[j] * (xr[j] * r);
+      }
+    });
+    ctx->save_for_backward({x, weight, inv});
+    return out;
+  }
+
+  // grad_x = r (g w) - x r^3 sum(g w x) / n; grad_w = sum over rows of g x r.
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const at::Tensor& weight = saved[1];
+    const at::Tensor& inv = saved[2];
+    at::Tensor grad = grad_outputs[0].contiguous();
+    const int64_t n = x.size(-1), rows = x.numel() / n;
+    const bool x_grad = ctx->needs_input_grad(0), weight_grad = ctx->needs_input_grad(1);
+    at::Tensor grad_x = x_grad ? at::empty(x.sizes(), x.options()) : at::Tensor();
+    const int64_t blocks = (rows + kRowwiseBlock - 1) / kRowwiseBlock;
+    // One partial sum of the weight gradient per block of rows, summed in block order below.
+    at::Tensor partial = weight_grad ? at::empty({blocks, n}, at::TensorOptions().dtype(at::kDouble)) : at::Tensor();
+    const float* xs = x.data_ptr<float>();
+    const float* w = weight.data_ptr<float>();
+    const float* rs = inv.data_ptr<float>();
+    const float* gs = grad.data_ptr<float>();
+    float* dx = x_grad ? grad_x.data_ptr<float>() : nullptr;
+    double* parts = weight_grad ? partial.data_ptr<double>() : nullptr;
+    for_each_block(rows, kRowwiseBlock, [&](int64_t begin, int64_t len) {
+      double* part = parts ? parts + (begin / kRowwiseBlock) * n : nullptr;
+      if (part) std::fill(part, part + n, 0.0);
+      for (int64_t row = begin; row < begin + len; ++row) {
+        const float* xr = xs + row * n;
+        const float* gr = gs + row * n;
+        const float r = rs[row];
+        if (part) {
+          for (int64_t j = 0; j < n; ++j) part[j] += static_cast<double>(gr[j]) * (xr[j] * r);
+        }
+        if (dx) {
+          double dot = 0;
+          for (int64_t j = 0; j < n; ++j) dot += static_cast<double>(gr[j]) * w[j] * xr[j];
+          const float k = static_cast<float>(static_cast<double>(r) * r * r * dot / static_cast<double>(n));
+          float* out = dx + row * n;
+          for (int64_t j = 0; j < n; ++j) out[j] = r * (gr[j] * w[j]) - xr[j] * k;
+        }
+      }
+    });
+    at::Tensor grad_weight;
+    if (weight_grad) {
+      at::Tensor total = at::zeros({n}, at::TensorOptions().dtype(at::kDouble));
+      double* t = total.data_ptr<double>();
+      for (int64_t b = 0; b < blocks; ++b) {
+        for (int64_t j = 0; j < n; ++j) t[j] += parts[b * n + j];
+      }
+      grad_weight = total.to(weight.scalar_type());
+    }
+    return {grad_x, grad_weight, at::Tensor()};
+  }
+};
+
 }  // namespace
 
 void mm_rows(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
@@ -150,6 +279,23 @@ at::Tensor blocked_matmul(const at::Tensor& a, const at::Tensor& b) {
                   a.size(-1) == b.size(-2),
               "blocked_matmul: shapes do not match");
   return BlockedMatmul::apply(a, b);
+}
+
+at::Tensor rope_rows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu() && x.size(3) % 2 == 0,
+              "rope_rows: x must be a float32 CPU [batch, length, heads, head_dim] tensor");
+  const std::vector<int64_t> table = {x.size(0), x.size(1), 1, x.size(3)};
+  TORCH_CHECK(cos.sizes() == at::IntArrayRef(table) && sin.sizes() == at::IntArrayRef(table) &&
+                  cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat,
+              "rope_rows: cos and sin must be float32 [batch, length, 1, head_dim]");
+  return RopeRows::apply(x, cos.contiguous(), sin.contiguous());
+}
+
+at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && x.device().is_cpu() &&
+                  weight.dim() == 1 && x.size(-1) == weight.size(0),
+              "rms_norm_rows: x must be float32 on the CPU with a float32 weight of its last dimension");
+  return RmsNormRows::apply(x, weight.contiguous(), eps);
 }
 
 }  // namespace cairn::detail

@@ -35,4 +35,18 @@ at::Tensor blocked_linear(const at::Tensor& x, const at::Tensor& weight, const a
 // items (one BLAS call per item, as at::bmm makes on the CPU).
 at::Tensor blocked_matmul(const at::Tensor& a, const at::Tensor& b);
 
+// The row-wise operations below compute each row alone in one pass (forward and backward), where
+// the ATen compositions they replace make several passes over the tensor; float32 CPU tensors
+// only, for the training path (their bits differ from the compositions').
+
+// Rotary embedding x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1] for the halves of
+// the last dimension, as one autograd operation for x [batch, length, heads, head_dim] and cos,
+// sin [batch, length, 1, head_dim] (constants: no gradient).
+at::Tensor rope_rows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+// transformers' LlamaRMSNorm, weight * (x / sqrt(mean(x^2) + eps)), over the last dimension of x
+// [..., n] with weight [n], as one autograd operation. The weight's gradient sums fixed blocks of
+// rows in a fixed order, so it too is the same bits whatever the threads.
+at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& weight, double eps);
+
 }  // namespace cairn::detail

@@ -276,31 +276,45 @@ TEST(Trainer, SameBitsWithOneAndTwoThreads) {
   EXPECT_EQ(digests[0], digests[1]);
 }
 
-// The blocked products and their gradients against at::linear and at::matmul, and the same bits
-// with 1 and 2 threads. 600 rows of x are 3 row blocks; 130 weight rows are 3 grad_W blocks.
+// The blocked products and row-wise kernels of the CPU training path, and their gradients,
+// against the ATen compositions they replace, and the same bits with 1 and 2 threads. 600 rows of
+// x are 3 row blocks; 130 weight rows are 3 grad_W blocks; 140 positions and 150 norm rows are 3
+// row-wise blocks each.
 TEST(Trainer, BlockedProductsMatchPlainOnes) {
   const int saved_threads = at::get_num_threads();
   at::manual_seed(3);
   const std::vector<at::Tensor> inputs = {at::randn({3, 200, 48}), at::randn({130, 48}), at::randn({130}),
-                                          at::randn({2, 3, 40, 16}), at::randn({2, 3, 16, 24})};
-  const at::Tensor linear_weights = at::randn({3, 200, 130}), matmul_weights = at::randn({2, 3, 40, 24});
+                                          at::randn({2, 3, 40, 16}), at::randn({2, 3, 16, 24}),
+                                          at::randn({2, 70, 3, 8}), at::randn({3, 50, 32}), at::randn({32})};
+  const at::Tensor angles = at::randn({2, 70, 1, 8});
+  const at::Tensor cos = angles.cos(), sin = angles.sin();
   auto run = [&](bool blocked) {
     std::vector<at::Tensor> in;
     for (const at::Tensor& t : inputs) in.push_back(t.clone().requires_grad_());
-    at::Tensor y = blocked ? detail::blocked_linear(in[0], in[1], in[2]) : at::linear(in[0], in[1], in[2]);
-    at::Tensor z = blocked ? detail::blocked_matmul(in[3], in[4]) : at::matmul(in[3], in[4]);
-    at::Tensor loss = (y * linear_weights).sum() + (z * matmul_weights).sum();
-    std::vector<at::Tensor> out = torch::autograd::grad({loss}, in);
-    out.push_back(y.detach());
-    out.push_back(z.detach());
-    return out;
+    std::vector<at::Tensor> outs;
+    outs.push_back(blocked ? detail::blocked_linear(in[0], in[1], in[2]) : at::linear(in[0], in[1], in[2]));
+    outs.push_back(blocked ? detail::blocked_matmul(in[3], in[4]) : at::matmul(in[3], in[4]));
+    if (blocked) {
+      outs.push_back(detail::rope_rows(in[5], cos, sin));
+      outs.push_back(detail::rms_norm_rows(in[6], in[7], 1e-5));
+    } else {
+      const at::Tensor& x = in[5];
+      outs.push_back(x * cos + at::cat({x.narrow(-1, 4, 4).neg(), x.narrow(-1, 0, 4)}, -1) * sin);
+      outs.push_back(in[7] * (in[6] * at::rsqrt(in[6].pow(2).mean(-1, /*keepdim=*/true) + 1e-5)));
+    }
+    at::Tensor loss = at::zeros({});
+    at::manual_seed(5);  // the same output weights for both
+    for (const at::Tensor& out : outs) loss = loss + (out * at::randn(out.sizes())).sum();
+    std::vector<at::Tensor> results = torch::autograd::grad({loss}, in);
+    for (const at::Tensor& out : outs) results.push_back(out.detach());
+    return results;
   };
   at::set_num_threads(2);
   const std::vector<at::Tensor> plain = run(false), two = run(true);
   at::set_num_threads(1);
   const std::vector<at::Tensor> one = run(true);
   at::set_num_threads(saved_threads);
-  ASSERT_EQ(plain.size(), 7u);
+  ASSERT_EQ(plain.size(), 12u);
   for (size_t i = 0; i < plain.size(); ++i) {
     EXPECT_LT(testing::max_abs_diff(two[i], plain[i]), 1e-5 * plain[i].abs().max().item<double>()) << "tensor " << i;
     EXPECT_TRUE(at::equal(one[i], two[i])) << "tensor " << i;
