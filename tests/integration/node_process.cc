@@ -65,7 +65,8 @@ struct SpawnSetup {
   SpawnSetup& operator=(const SpawnSetup&) = delete;
 };
 
-// "cairn node ready protocol=HOST:PORT http=HOST:PORT pid=N [tls=on]": the value of `key=`.
+// "cairn node ready protocol=HOST:PORT http=HOST:PORT pid=N [tls=on] [models=NAME:STATE,...]": the
+// value of `key=`.
 std::optional<std::string> ready_field(const std::string& line, const std::string& key) {
   std::istringstream words(line);
   std::string word;
