@@ -228,8 +228,10 @@ struct TrainLogsRequest {
 // endpoint and answers its address. When every node has answered, the home node sends each
 // train.start with every rank's address; the node connects the ring and trains, streaming
 // WorkerEvents, and answers TrainStartReply when its ranks finish. train.abort (or cancelling the
-// train.start call) stops them. Every op carries the job secret the home node drew; a node
-// refuses a job id it knows with another secret.
+// train.start call) stops them. Every op carries the job secret the home node drew (a new one per
+// generation); a node refuses a job id it knows with another secret. After a failure on any node
+// the home node aborts the ranks everywhere and joins the nodes again with `resume_from` set to the
+// job's last checkpoint: a new generation, as a restart on one node.
 
 struct TrainJoinRequest {
   std::string job_id;
