@@ -7,9 +7,12 @@
 // (nccl-tests' "algbw"; for 2 ranks it equals the bus bandwidth). Prints a table with the ratios and
 // appends a dated section to bench/RESULTS.md.
 //
-// Wall times on this shared 2-core machine swing with whatever else runs, so the two all-reduces run
-// in alternating rounds (--rounds) and their samples are pooled; each side also reports the CPU
-// time (user + system, both ranks) that one all-reduce costs, which the load barely moves.
+// Wall times on this shared 2-core machine swing with whatever else runs (2x within a minute), so
+// the two all-reduces run in many short alternating rounds (--rounds) and their samples are
+// pooled; the table also gives the median of the per-round ratios (each round's cairn median over
+// the gloo median of the round right after it), which a load change between rounds moves least.
+// Each side also reports the CPU time (user + system, both ranks) that one all-reduce costs, which
+// the load barely moves.
 //
 // Goals (issue #5): at least as fast as gloo, and at least half of iperf3's loopback bandwidth.
 // (A 2-rank ring moves the whole buffer in both directions at once over the same loopback that
@@ -43,8 +46,8 @@ namespace {
 
 struct Options {
   size_t mib = 64;
-  int rounds = 3;  // of each side, alternating
-  int iterations = 10;  // timed all-reduces per round
+  int rounds = 6;  // of each side, alternating
+  int iterations = 6;  // timed all-reduces per round
   int warmup = 2;
   size_t chunk_bytes = RingOptions{}.chunk_bytes;
   int socket_buffer = RingOptions{}.socket_buffer_bytes;
@@ -248,12 +251,18 @@ int main(int argc, char** argv) {
 
   // Alternating rounds (this process starts no thread of its own, so forking is safe).
   Timings cairn_t, gloo_t;
+  std::vector<double> round_ratios;  // per round: cairn median GB/s over gloo's
   bool have_gloo = o.gloo;
   for (int round = 0; round < o.rounds; ++round) {
-    cairn_t.add(measure_cairn(o));
+    Timings c = measure_cairn(o);
+    cairn_t.add(c);
     Timings g;
-    if (have_gloo && (have_gloo = measure_gloo(o, g))) gloo_t.add(g);
+    if (have_gloo && (have_gloo = measure_gloo(o, g))) {
+      gloo_t.add(g);
+      round_ratios.push_back(c.median_gbs() / g.median_gbs());
+    }
   }
+  std::sort(round_ratios.begin(), round_ratios.end());
   const Iperf iperf = o.iperf ? measure_iperf() : Iperf{};
   const double iperf_bps = iperf.bytes_per_second;
 
@@ -281,6 +290,11 @@ int main(int argc, char** argv) {
     t << "\nLoopback bytes moved per CPU-second (user + system of both ends): cairn ring "
       << fixed(cairn_per_cpu / 1e9, 2) << " GB, iperf3 " << fixed(iperf.bytes_per_cpu_second / 1e9, 2) << " GB ("
       << ratio(cairn_per_cpu, iperf.bytes_per_cpu_second) << ").\n";
+  }
+  if (have_gloo && !round_ratios.empty()) {
+    t << "\nPer-round ratio cairn / gloo (sorted):";
+    for (double r : round_ratios) t << " " << fixed(r, 2) << "x";
+    t << "; median " << fixed(round_ratios[round_ratios.size() / 2], 2) << "x.\n";
   }
   t << "\n| goal | measured | result |\n| --- | --- | --- |\n";
   if (have_gloo) {

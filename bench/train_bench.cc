@@ -22,7 +22,7 @@
 //
 //   train_bench [--mode all|single|ddp] [--steps N] [--warmup N] [--rounds N] [--micro-batch N]
 //               [--seq N] [--hidden N] [--intermediate N] [--layers N] [--heads N] [--threads N]
-//               [--python PATH] [--results FILE | --no-results]
+//               [--bucket-mib X] [--python PATH] [--results FILE | --no-results]
 //
 // Timing on this 2-core machine is noisy: each round runs ours, then the peer; the table reports
 // the best round of each (and every round's figure).
@@ -81,6 +81,8 @@ struct BenchOptions {
   int layers = 4;
   int heads = 4;
   int threads = 2;  // single mode; ddp ranks use 1 each
+  // ddp mode: TrainerOptions::bucket_bytes in MiB; 0 keeps the Trainer's default.
+  double bucket_mib = 0;
   std::string python = "/usr/bin/python3";
   std::string results = CAIRN_SOURCE_DIR "/bench/RESULTS.md";
   // Internal: run as rank `child_rank` of a ddp job in `work_dir`.
@@ -119,6 +121,8 @@ BenchOptions parse_args(int argc, char** argv) {
       o.heads = number();
     } else if (flag == "--threads") {
       o.threads = number();
+    } else if (flag == "--bucket-mib") {
+      o.bucket_mib = std::atof(value().c_str());
     } else if (flag == "--python") {
       o.python = value();
     } else if (flag == "--results") {
@@ -143,7 +147,8 @@ std::vector<std::string> shape_flags(const BenchOptions& o) {
   return {"--steps",  std::to_string(o.steps),  "--warmup", std::to_string(o.warmup), "--micro-batch",
           std::to_string(o.micro_batch),        "--seq",    std::to_string(o.seq),    "--hidden",
           std::to_string(o.hidden),             "--intermediate", std::to_string(o.intermediate),
-          "--layers", std::to_string(o.layers), "--heads",  std::to_string(o.heads)};
+          "--layers", std::to_string(o.layers), "--heads",  std::to_string(o.heads),
+          "--bucket-mib", std::to_string(o.bucket_mib)};
 }
 
 // Runs `argv` with stdout captured; dies when it fails. Returns stdout.
@@ -429,6 +434,7 @@ int run_child(const BenchOptions& o) {
   options.world_size = kWorld;
   options.collective = collective.get();
   options.num_threads = 1;
+  if (o.bucket_mib > 0) options.bucket_bytes = static_cast<size_t>(o.bucket_mib * (1 << 20));
   auto trainer = take(Trainer::create(job_config(o, f), trainer_init(o, f), options), "trainer");
   Measured m = train_ours(o, f, *trainer, o.child_rank, kWorld, collective.get());
   if (o.child_rank == 0) {
@@ -489,6 +495,14 @@ struct Comparison {
     return s;
   }
   double ratio() const { return best(ours) / best(peer); }
+  // Each round's ours / peer (the peer runs right after ours), sorted: the load shifts less
+  // within a round than between rounds, so these pair like with like better than the best of each.
+  std::vector<double> round_ratios() const {
+    std::vector<double> r;
+    for (size_t i = 0; i < ours.size() && i < peer.size(); ++i) r.push_back(ours[i].tokens_per_s / peer[i].tokens_per_s);
+    std::sort(r.begin(), r.end());
+    return r;
+  }
 };
 
 void ensure_environment(char** argv) {
@@ -571,6 +585,12 @@ int main(int argc, char** argv) {
       << fixed(Comparison::best_cpu(c.ours), 0) << " / " << fixed(Comparison::best_cpu(c.peer), 0) << " ("
       << fixed(Comparison::best_cpu(c.ours) / Comparison::best_cpu(c.peer), 2) << "x) | "
       << fixed(c.ours.front().first_loss, 4) << " / " << fixed(c.peer.front().first_loss, 4) << " |\n";
+  }
+  for (const auto& c : comparisons) {
+    const std::vector<double> r = c.round_ratios();
+    t << "\n" << c.name << ": per-round ratio (sorted):";
+    for (double x : r) t << " " << fixed(x, 2) << "x";
+    t << "; median " << fixed(r[r.size() / 2], 2) << "x.\n";
   }
   std::cout << t.str();
 
