@@ -1030,6 +1030,7 @@ void serve(Self self, const CallPtr& call) {
     forget_loaded(st.context, model.name);
     st.models.erase(it);  // joins the loader and the engine loops (after they deliver the aborts)
     call->reply(msg::Empty{});
+    notify_startup_waiters(self);  // an unloaded startup model no longer holds readiness back
   } else {
     call->fail(Status(Code::unknown_op, "the inference batcher does not serve \"" + op + "\""));
   }
