@@ -736,9 +736,8 @@ Result<msg::TrainJoinReply> join_node(const std::string& node, const std::string
     if (!join_may_pass_later(failed) || stop.load() || now + backoff >= deadline) {
       std::string why = "train.join on node " + node + ": " + failed.message();
       if (join_may_pass_later(failed) && !stop.load()) {
-        why += " (still failing after " + std::to_string(attempt) + " attempts over " +
-               std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()) +
-               " s; train.peer_timeout_ms)";
+        why += " (still failing after " + std::to_string(attempt) + " attempts in train.peer_timeout_ms " +
+               std::to_string(timeout.count()) + ")";
       }
       return Status(failed.code(), why);
     }
