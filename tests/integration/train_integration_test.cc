@@ -384,6 +384,55 @@ TEST_F(TrainIntegrationTest, FailuresOnEitherNodeRestartTheJobOnAllNodesFromTheC
   EXPECT_EQ(home_crashed->parameters_digest, reference->parameters_digest);
 }
 
+// The home node of a two-node job is SIGKILLed after a checkpoint and started again on its address
+// and data dir: it resumes the job from the checkpoint on both nodes (the other node's ranks
+// stopped when the ring broke) and ends with the uninterrupted run's parameters.
+TEST_F(TrainIntegrationTest, SigkilledHomeNodeResumesTheJobOnBothNodes) {
+  NodeOptions second = train_node_options();
+  second.admin_token = node_->admin_token();
+  second.client_token = node_->client_token();
+  std::unique_ptr<NodeProcess> other;
+  CAIRN_ASSERT_OK_AND_ASSIGN(other, NodeProcess::start(second));
+  const std::string yaml = job_yaml(data_dir_.path("data.jsonl"));
+  const std::vector<std::string> local = {"max_steps=30", "num_workers=2"};
+  auto reference = run_job(*client_, yaml, local);
+  ASSERT_TRUE(reference.ok()) << reference.status().to_string();
+  ASSERT_EQ(reference->state, "succeeded") << reference->reason << node_->diagnostics();
+
+  std::vector<std::string> spanning = local;
+  spanning.push_back("nodes=[" + node_->address() + ", " + other->address() + "]");
+  msg::TrainSubmitRequest request;
+  request.config_yaml = yaml;
+  request.config_name = "job.yaml";
+  request.overrides = spanning;
+  auto submitted = client_->call_as<msg::TrainSubmitReply>(msg::kTrainSubmit, request, 60s);
+  ASSERT_TRUE(submitted.ok()) << submitted.status().to_string();
+  {
+    LogFollower follower(*client_, submitted->job_id);
+    ASSERT_TRUE(follower.wait_checkpoint(kJobTimeout)) << node_->diagnostics();
+    ASSERT_TRUE(node_->signal(SIGKILL));
+    ASSERT_TRUE(node_->wait_exit());
+  }
+  client_.reset();
+  NodeOptions again = train_node_options();
+  again.listen = node_->address();
+  again.data_dir = node_->data_dir();
+  again.admin_token = node_->admin_token();
+  again.client_token = node_->client_token();
+  std::unique_ptr<NodeProcess> restarted;
+  CAIRN_ASSERT_OK_AND_ASSIGN(restarted, NodeProcess::start(again));
+  std::unique_ptr<Client> client;
+  CAIRN_ASSERT_OK_AND_ASSIGN(client, Client::connect(restarted->client_options(Role::admin)));
+  auto final = wait_final(*client, submitted->job_id);
+  ASSERT_TRUE(final.ok()) << final.status().to_string() << restarted->diagnostics();
+  EXPECT_EQ(final->state, "succeeded") << final->reason << restarted->diagnostics() << other->diagnostics();
+  EXPECT_EQ(final->restarts, 1u);
+  EXPECT_EQ(final->step, 30);
+  ASSERT_EQ(final->workers.size(), 2u);
+  EXPECT_EQ(final->workers[1].state, "done");
+  EXPECT_EQ(final->parameters_digest, reference->parameters_digest);
+}
+
 // A node that does not come back within train.peer_timeout_ms fails the job, naming the node.
 TEST_F(TrainIntegrationTest, RemoteNodeThatStaysDownFailsTheJobNamingIt) {
   NodeOptions home_options = train_node_options("  peer_timeout_ms: 1500\n");
