@@ -4,8 +4,8 @@
 // data dir. Each time the job resumes from its last checkpoint and ends with the same parameters as
 // an uninterrupted run of the same config. A job spanning two nodes trains like one on a single node,
 // shows the other node's ranks in its status and watch stream, restarts on both nodes from its last
-// checkpoint when the other node is SIGKILLed and started again (and fails, naming the node, when it
-// does not come back), fine-tunes a registered model the other node fetches from the home node, and
+// checkpoint when a trainer actor on either node is killed or either node is SIGKILLed and started
+// again (and fails, naming the node, when the other node does not come back), fine-tunes a registered model the other node fetches from the home node, and
 // authenticates to nodes of another token file with train.peer_token.
 #include <gtest/gtest.h>
 
