@@ -9,6 +9,7 @@
 #include <map>
 #include <random>
 
+#include "model/detail/decode_attention.h"
 #include "model/generate.h"
 #include "model/hf_checkpoint.h"
 #include "model/llama.h"
@@ -126,6 +127,55 @@ void expect_same_as_generate(InferenceEngine& engine, const LlamaModel& referenc
     EXPECT_EQ(outcomes[i].tokens, generate_single(reference, requests[i])) << "request " << i;
     EXPECT_EQ(outcomes[i].final_event.completion_tokens, static_cast<int64_t>(outcomes[i].tokens.size()));
     EXPECT_EQ(outcomes[i].final_event.prompt_tokens, static_cast<int64_t>(requests[i].prompt_ids.size()));
+  }
+}
+
+// The decode kernel against plain ATen attention, reading a paged pool through a slot table, and
+// the same bits when it reads the same keys and values from a contiguous KvCache layout (what
+// makes engine and generate() decoding agree). head_dim 12 takes the plain C++ path, 24 and 64
+// the AVX2 one where the CPU has it (with and without a half-width tail).
+TEST(DecodeAttentionTest, MatchesATenAndIsTheSameOnBothCacheLayouts) {
+  const int64_t heads = 4, kv_heads = 2, group = heads / kv_heads, total = 7, capacity = 9, pool_slots = 16;
+  for (int64_t dim : {12, 24, 64}) {
+    at::manual_seed(dim);
+    at::Tensor q = at::randn({heads, dim});
+    at::Tensor keys = at::randn({total, kv_heads, dim});
+    at::Tensor values = at::randn({total, kv_heads, dim});
+    const std::vector<int64_t> slots = {9, 3, 14, 0, 5, 11, 7};
+    at::Tensor slot_index = at::tensor(slots, at::kLong);
+    at::Tensor pool_k = at::zeros({pool_slots, kv_heads, dim}), pool_v = at::zeros({pool_slots, kv_heads, dim});
+    pool_k.index_copy_(0, slot_index, keys);
+    pool_v.index_copy_(0, slot_index, values);
+    at::Tensor cache_k = at::zeros({kv_heads, capacity, dim}), cache_v = at::zeros({kv_heads, capacity, dim});
+    cache_k.narrow(1, 0, total).copy_(keys.transpose(0, 1));
+    cache_v.narrow(1, 0, total).copy_(values.transpose(0, 1));
+    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
+
+    at::Tensor paged_out = at::empty({heads, dim}), cached_out = at::empty({heads, dim});
+    detail::DecodeAttentionShape shape{heads, kv_heads, dim, kv_heads * dim, dim, scale};
+    detail::DecodeAttentionSequence paged;
+    paged.query = q.data_ptr<float>();
+    paged.out = paged_out.data_ptr<float>();
+    paged.keys = pool_k.data_ptr<float>();
+    paged.values = pool_v.data_ptr<float>();
+    paged.slots = slots.data();
+    paged.total = total;
+    detail::decode_attention(shape, {paged});
+    detail::DecodeAttentionShape cache_shape{heads, kv_heads, dim, dim, capacity * dim, scale};
+    detail::DecodeAttentionSequence cached;
+    cached.query = q.data_ptr<float>();
+    cached.out = cached_out.data_ptr<float>();
+    cached.keys = cache_k.data_ptr<float>();
+    cached.values = cache_v.data_ptr<float>();
+    cached.total = total;
+    detail::decode_attention(cache_shape, {cached, cached});  // two tasks writing the same bits
+
+    EXPECT_TRUE(at::equal(paged_out, cached_out)) << "head_dim " << dim;
+    for (int64_t h = 0; h < heads; ++h) {
+      at::Tensor k = keys.select(1, h / group), v = values.select(1, h / group);  // [total, dim]
+      at::Tensor probs = at::softmax(at::mv(k, q[h]) * scale, 0);
+      EXPECT_TRUE(at::allclose(paged_out[h], at::mv(v.t(), probs), 1e-5, 1e-5)) << "head_dim " << dim << " head " << h;
+    }
   }
 }
 
