@@ -234,6 +234,11 @@ struct LlamaModel::Impl {
     at::Tensor q = rope(layer.q_proj.forward(x, training).view({batch, length, heads, head_dim}));
     at::Tensor k = rope(layer.k_proj.forward(x, training).view({batch, length, kv_heads, head_dim}));
     at::Tensor v = layer.v_proj.forward(x, training).view({batch, length, kv_heads, head_dim});
+    if (blocked_products && q.scalar_type() == at::kFloat && !(c.attention_dropout > 0)) {
+      at::Tensor mask = blocked.defined() ? blocked.view({blocked.size(0), length, length}) : at::Tensor();
+      at::Tensor out = detail::attention_rows(q, k, v, mask, 1.0 / std::sqrt(static_cast<double>(head_dim)));
+      return layer.o_proj.forward(out, training);
+    }
     // Grouped-query attention without repeating keys and values: the `group` query heads that
     // share kv head j (heads j*group .. j*group+group-1, as transformers' repeat_kv pairs them)
     // become `group * length` query rows against that kv head.

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace cairn::detail {
@@ -247,6 +248,76 @@ struct RmsNormRows : torch::autograd::Function<RmsNormRows> {
   }
 };
 
+struct AttentionRows : torch::autograd::Function<AttentionRows> {
+  // The [length, head_dim] matrix of head h at batch b of x [batch, length, heads, head_dim]
+  // (rows strided by heads * head_dim; BLAS takes the leading dimension, so nothing is copied).
+  static at::Tensor head(const at::Tensor& x, int64_t b, int64_t h) { return x.select(0, b).select(1, h); }
+
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q_in, const at::Tensor& k_in,
+                            const at::Tensor& v_in, const c10::optional<at::Tensor>& blocked, double scale) {
+    at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+    const int64_t batch = q.size(0), length = q.size(1), heads = q.size(2), head_dim = q.size(3);
+    const int64_t kv_heads = k.size(2), group = heads / kv_heads;
+    at::Tensor probs = at::empty({batch, heads, length, length}, q.options());
+    at::Tensor out = at::empty({batch, length, heads * head_dim}, q.options());
+    at::Tensor out_heads = out.view({batch, length, heads, head_dim});
+    const float lowest = std::numeric_limits<float>::lowest();
+    for_each_block(batch * heads, 1, [&](int64_t item, int64_t) {
+      const int64_t b = item / heads, h = item % heads;
+      at::Tensor scores = at::mm(head(q, b, h), head(k, b, h / group).t());
+      scores.mul_(scale);
+      if (blocked) scores.masked_fill_(blocked->select(0, blocked->size(0) == 1 ? 0 : b), lowest);
+      at::Tensor p = probs.select(0, b).select(0, h);
+      at::_softmax_out(p, scores, -1, false);
+      at::Tensor o = head(out_heads, b, h);
+      at::mm_out(o, p, head(v, b, h / group));
+    });
+    ctx->save_for_backward({q, k, v, probs});
+    if (blocked) ctx->saved_data["blocked"] = *blocked;
+    ctx->saved_data["scale"] = scale;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& q = saved[0];
+    const at::Tensor& k = saved[1];
+    const at::Tensor& v = saved[2];
+    const at::Tensor& probs = saved[3];
+    const bool masked = ctx->saved_data.count("blocked") != 0;
+    const at::Tensor blocked = masked ? ctx->saved_data["blocked"].toTensor() : at::Tensor();
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const int64_t batch = q.size(0), length = q.size(1), heads = q.size(2), head_dim = q.size(3);
+    const int64_t kv_heads = k.size(2), group = heads / kv_heads;
+    at::Tensor grad = grad_outputs[0].contiguous().view({batch, length, heads, head_dim});
+    at::Tensor grad_q = at::empty(q.sizes(), q.options());
+    at::Tensor grad_k = at::empty(k.sizes(), k.options());
+    at::Tensor grad_v = at::empty(v.sizes(), v.options());
+    // One item per (batch, kv head): its query heads add into the kv head's gradients in order.
+    for_each_block(batch * kv_heads, 1, [&](int64_t item, int64_t) {
+      const int64_t b = item / kv_heads, kv = item % kv_heads;
+      at::Tensor k_bh = head(k, b, kv), v_bh = head(v, b, kv);
+      at::Tensor grad_k_bh = head(grad_k, b, kv), grad_v_bh = head(grad_v, b, kv);
+      for (int64_t h = kv * group; h < (kv + 1) * group; ++h) {
+        at::Tensor g = head(grad, b, h), p = probs.select(0, b).select(0, h);
+        at::Tensor grad_scores = at::_softmax_backward_data(at::mm(g, v_bh.t()), p, -1, at::kFloat);
+        if (masked) grad_scores.masked_fill_(blocked.select(0, blocked.size(0) == 1 ? 0 : b), 0.0);
+        grad_scores.mul_(scale);
+        at::Tensor grad_q_bh = head(grad_q, b, h);
+        at::mm_out(grad_q_bh, grad_scores, k_bh);
+        if (h == kv * group) {
+          at::mm_out(grad_k_bh, grad_scores.t(), head(q, b, h));
+          at::mm_out(grad_v_bh, p.t(), g);
+        } else {
+          grad_k_bh.addmm_(grad_scores.t(), head(q, b, h));
+          grad_v_bh.addmm_(p.t(), g);
+        }
+      }
+    });
+    return {grad_q, grad_k, grad_v, at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace
 
 void mm_rows(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
@@ -296,6 +367,21 @@ at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& weight, double e
                   weight.dim() == 1 && x.size(-1) == weight.size(0),
               "rms_norm_rows: x must be float32 on the CPU with a float32 weight of its last dimension");
   return RmsNormRows::apply(x, weight.contiguous(), eps);
+}
+
+at::Tensor attention_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& blocked,
+                          double scale) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes() && q.scalar_type() == at::kFloat &&
+                  k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat && q.device().is_cpu() &&
+                  k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3) &&
+                  q.size(2) % k.size(2) == 0,
+              "attention_rows: q [batch, length, heads, head_dim] and k, v [batch, length, kv_heads, head_dim] "
+              "float32 CPU tensors expected");
+  if (!blocked.defined()) return AttentionRows::apply(q, k, v, c10::nullopt, scale);
+  TORCH_CHECK(blocked.dim() == 3 && (blocked.size(0) == 1 || blocked.size(0) == q.size(0)) &&
+                  blocked.size(1) == q.size(1) && blocked.size(2) == q.size(1) && blocked.scalar_type() == at::kBool,
+              "attention_rows: blocked must be bool [batch or 1, length, length]");
+  return AttentionRows::apply(q, k, v, c10::optional<at::Tensor>(blocked), scale);
 }
 
 }  // namespace cairn::detail

@@ -49,4 +49,13 @@ at::Tensor rope_rows(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
 // rows in a fixed order, so it too is the same bits whatever the threads.
 at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& weight, double eps);
 
+// Softmax attention as one autograd operation, computed one (batch, kv head) item at a time so
+// each item's [length, length] scores stay in cache: q [batch, length, heads, head_dim], k and v
+// [batch, length, kv_heads, head_dim] (float32, CPU), query head h using kv head
+// h / (heads / kv_heads); scores q k^T * scale, set to the lowest float where `blocked` (bool
+// [batch or 1, length, length], or undefined) is true, softmax over the keys, times v. Returns
+// [batch, length, heads * head_dim]. Keeps the probabilities for backward, as at::matmul would.
+at::Tensor attention_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& blocked,
+                          double scale);
+
 }  // namespace cairn::detail

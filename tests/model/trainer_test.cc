@@ -279,7 +279,7 @@ TEST(Trainer, SameBitsWithOneAndTwoThreads) {
 // The blocked products and row-wise kernels of the CPU training path, and their gradients,
 // against the ATen compositions they replace, and the same bits with 1 and 2 threads. 600 rows of
 // x are 3 row blocks; 130 weight rows are 3 grad_W blocks; 140 positions and 150 norm rows are 3
-// row-wise blocks each.
+// row-wise blocks each; the attention has 8 query-head items and 4 kv-head items.
 TEST(Trainer, BlockedProductsMatchPlainOnes) {
   const int saved_threads = at::get_num_threads();
   at::manual_seed(3);
@@ -287,20 +287,32 @@ TEST(Trainer, BlockedProductsMatchPlainOnes) {
                                           at::randn({2, 3, 40, 16}), at::randn({2, 3, 16, 24}),
                                           at::randn({2, 70, 3, 8}), at::randn({3, 50, 32}), at::randn({32})};
   const at::Tensor angles = at::randn({2, 70, 1, 8});
+  // Attention: batch 2, length 40, 4 query heads on 2 kv heads, causal plus a per-row document mask.
+  const std::vector<at::Tensor> qkv = {at::randn({2, 40, 4, 8}), at::randn({2, 40, 2, 8}), at::randn({2, 40, 2, 8})};
+  const at::Tensor positions = at::arange(40);
+  at::Tensor mask = (positions.unsqueeze(0) > positions.unsqueeze(1)).unsqueeze(0).repeat({2, 1, 1});
+  mask[1].narrow(1, 0, 10).narrow(0, 10, 30).fill_(true);  // row 1: a second document from position 10
   const at::Tensor cos = angles.cos(), sin = angles.sin();
   auto run = [&](bool blocked) {
     std::vector<at::Tensor> in;
     for (const at::Tensor& t : inputs) in.push_back(t.clone().requires_grad_());
+    for (const at::Tensor& t : qkv) in.push_back(t.clone().requires_grad_());
     std::vector<at::Tensor> outs;
     outs.push_back(blocked ? detail::blocked_linear(in[0], in[1], in[2]) : at::linear(in[0], in[1], in[2]));
     outs.push_back(blocked ? detail::blocked_matmul(in[3], in[4]) : at::matmul(in[3], in[4]));
     if (blocked) {
       outs.push_back(detail::rope_rows(in[5], cos, sin));
       outs.push_back(detail::rms_norm_rows(in[6], in[7], 1e-5));
+      outs.push_back(detail::attention_rows(in[8], in[9], in[10], mask, 0.25));
     } else {
       const at::Tensor& x = in[5];
       outs.push_back(x * cos + at::cat({x.narrow(-1, 4, 4).neg(), x.narrow(-1, 0, 4)}, -1) * sin);
       outs.push_back(in[7] * (in[6] * at::rsqrt(in[6].pow(2).mean(-1, /*keepdim=*/true) + 1e-5)));
+      // Query heads 2j and 2j + 1 share kv head j.
+      at::Tensor q = in[8].transpose(1, 2), k = in[9].repeat_interleave(2, 2).transpose(1, 2);
+      at::Tensor v = in[10].repeat_interleave(2, 2).transpose(1, 2);
+      at::Tensor scores = at::matmul(q, k.transpose(-2, -1)).mul(0.25).masked_fill(mask.unsqueeze(1), -3.4e38);
+      outs.push_back(at::matmul(at::softmax(scores, -1), v).transpose(1, 2).reshape({2, 40, 32}));
     }
     at::Tensor loss = at::zeros({});
     at::manual_seed(5);  // the same output weights for both
@@ -314,7 +326,7 @@ TEST(Trainer, BlockedProductsMatchPlainOnes) {
   at::set_num_threads(1);
   const std::vector<at::Tensor> one = run(true);
   at::set_num_threads(saved_threads);
-  ASSERT_EQ(plain.size(), 12u);
+  ASSERT_EQ(plain.size(), 16u);
   for (size_t i = 0; i < plain.size(); ++i) {
     EXPECT_LT(testing::max_abs_diff(two[i], plain[i]), 1e-5 * plain[i].abs().max().item<double>()) << "tensor " << i;
     EXPECT_TRUE(at::equal(one[i], two[i])) << "tensor " << i;
