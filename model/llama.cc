@@ -231,9 +231,9 @@ struct LlamaModel::Impl {
                         cos.size(0) == t.size(0);
       return rows ? detail::rope_rows(t, cos, sin) : apply_rope(t, cos, sin);
     };
-    at::Tensor q = rope(layer.q_proj.forward(x, training).view({batch, length, heads, head_dim}));
-    at::Tensor k = rope(layer.k_proj.forward(x, training).view({batch, length, kv_heads, head_dim}));
-    at::Tensor v = layer.v_proj.forward(x, training).view({batch, length, kv_heads, head_dim});
+    at::Tensor q = rope(project(layer.q_proj, x, cache).view({batch, length, heads, head_dim}));
+    at::Tensor k = rope(project(layer.k_proj, x, cache).view({batch, length, kv_heads, head_dim}));
+    at::Tensor v = project(layer.v_proj, x, cache).view({batch, length, kv_heads, head_dim});
     if (blocked_products && q.scalar_type() == at::kFloat && !(c.attention_dropout > 0)) {
       at::Tensor mask = blocked.defined() ? blocked.view({blocked.size(0), length, length}) : at::Tensor();
       at::Tensor out = detail::attention_rows(q, k, v, mask, 1.0 / std::sqrt(static_cast<double>(head_dim)));
@@ -255,7 +255,7 @@ struct LlamaModel::Impl {
       v = values.narrow(2, 0, total);
       // One new position without a mask: the decode kernel that forward_paged also uses.
       if (length == 1 && !blocked.defined() && decode_kernel_applies(q)) {
-        return layer.o_proj.forward(cached_decode_attention(q, keys, values, total, c), training);
+        return project(layer.o_proj, cached_decode_attention(q, keys, values, total, c), cache);
       }
     }
     const int64_t keys_len = k.size(2);
@@ -274,12 +274,23 @@ struct LlamaModel::Impl {
                          .view({batch, kv_heads, group, length, head_dim})
                          .permute({0, 3, 1, 2, 4})
                          .reshape({batch, length, heads * head_dim});
-    return layer.o_proj.forward(out, training);
+    return project(layer.o_proj, out, cache);
   }
 
-  at::Tensor mlp(const Layer& layer, const at::Tensor& x) const {
-    return layer.down_proj.forward(at::silu(layer.gate_proj.forward(x, training)) * layer.up_proj.forward(x, training),
-                                   training);
+  at::Tensor mlp(const Layer& layer, const at::Tensor& x, const KvCache* cache) const {
+    return project(layer.down_proj,
+                   at::silu(project(layer.gate_proj, x, cache)) * project(layer.up_proj, x, cache), cache);
+  }
+
+  // linear.forward(x), except that inference (grad off) with a KV cache, as in generate(), splits
+  // dense float32 products by output features over the ATen threads as forward_paged does
+  // (detail/engine_linear.h), so single-request decoding is as fast as the engine's.
+  at::Tensor project(const Linear& linear, const at::Tensor& x, const KvCache* cache) const {
+    if (cache == nullptr || training || at::GradMode::is_enabled()) return linear.forward(x, training);
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    at::Tensor y = detail::column_blocked_linear(linear, x.reshape({-1, shape.back()}));
+    shape.back() = y.size(-1);
+    return y.view(shape);
   }
 };
 
@@ -494,7 +505,7 @@ Result<at::Tensor> LlamaModel::forward(const ForwardInput& input, KvCache* cache
       // Captures by value: a checkpointed layer runs again during backward, after forward returned.
       auto decoder_layer = [&m, &layer, cos, sin, blocked, cache, i](const at::Tensor& x) {
         at::Tensor h = x + m.attention(layer, m.normed(x, layer.input_layernorm, cache), cos, sin, blocked, cache, i);
-        return h + m.mlp(layer, m.normed(h, layer.post_attention_layernorm, cache));
+        return h + m.mlp(layer, m.normed(h, layer.post_attention_layernorm, cache), cache);
       };
       hidden = checkpointing ? detail::checkpointed(decoder_layer, hidden, m.device) : decoder_layer(hidden);
     }
@@ -504,7 +515,7 @@ Result<at::Tensor> LlamaModel::forward(const ForwardInput& input, KvCache* cache
       if (cache != nullptr) cache->length_ = total;
       return hidden;
     }
-    at::Tensor logits = m.lm_head.forward(hidden, m.training);
+    at::Tensor logits = m.project(m.lm_head, hidden, cache);
     if (cache != nullptr) cache->length_ = total;
     return logits;
   } catch (...) {
