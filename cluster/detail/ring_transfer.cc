@@ -1,11 +1,15 @@
 #include "cluster/detail/ring_transfer.h"
 
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <thread>
 
 #include "cluster/detail/ring_socket.h"
 
@@ -84,19 +88,16 @@ void add_into(float* __restrict out, const float* __restrict in, size_t count) {
 
 }  // namespace
 
-Status run_transfer(const RingPlan& plan, const TransferOptions& options, RingSide& failed_side) {
-  failed_side = RingSide::none;
+namespace {
+
+// The single-thread driver: both streams over non-blocking sockets in one poll() loop. Cheapest for
+// small transfers (no thread to start); see run_threaded for large ones.
+Status run_single(const RingPlan& plan, const TransferOptions& options, RingSide& failed_side) {
   auto fail = [&](RingSide side, Status status) {
     failed_side = side;
     return status;
   };
-  size_t max_add = 0;
-  for (const RecvPiece& p : plan.recvs) {
-    if (p.add_into != nullptr) max_add = std::max(max_add, p.bytes / sizeof(float));
-  }
-  if (options.scratch->size() < max_add) options.scratch->resize(max_add);
   char* scratch = reinterpret_cast<char*>(options.scratch->data());
-
   size_t send_index = 0, send_done = 0;  // the piece being sent, and its bytes already sent
   size_t recv_index = 0, recv_done = 0;
   auto last_progress = Clock::now();
@@ -173,6 +174,153 @@ Status run_transfer(const RingPlan& plan, const TransferOptions& options, RingSi
     }
   }
   return {};
+}
+
+// The error for a send socket that poll() reported closed or failed.
+Status send_socket_error(int fd) {
+  int err = 0;
+  socklen_t length = sizeof err;
+  ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &length);
+  return error(Code::unavailable, err != 0 ? errno_text("send", err) : std::string("connection closed by the peer"));
+}
+
+int poll_timeout_ms(std::chrono::milliseconds idle_timeout) {
+  return idle_timeout.count() > 0 ? static_cast<int>(std::min<int64_t>(idle_timeout.count(), 1 << 30)) : -1;
+}
+
+Status timeout_error(std::chrono::milliseconds idle_timeout, const char* doing) {
+  return error(Code::timeout,
+               "no progress for " + std::to_string(idle_timeout.count()) + " ms while " + std::string(doing));
+}
+
+// Shared by the two threads of run_threaded.
+struct ThreadedState {
+  std::atomic<size_t> received{0};      // recv pieces complete (and summed), in plan order
+  std::atomic<bool> recv_failed{false};  // set before `progress` is signalled for the last time
+  Fd progress;                           // eventfd: the receiver signals each piece and its failure
+  CancelPipe stop_receiver;              // the sender's failure
+};
+
+void signal_progress(const ThreadedState& state) {
+  uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(state.progress.get(), &one, sizeof one);
+}
+
+// The receive stream, on its own thread: each piece is received whole and summed before the next.
+Status receive_all(const RingPlan& plan, const TransferOptions& options, ThreadedState& state) {
+  char* scratch = reinterpret_cast<char*>(options.scratch->data());
+  const int timeout_ms = poll_timeout_ms(options.idle_timeout);
+  for (size_t i = 0; i < plan.recvs.size(); ++i) {
+    const RecvPiece& p = plan.recvs[i];
+    char* target = p.add_into != nullptr ? scratch : p.data;
+    for (size_t done = 0; done < p.bytes;) {
+      ssize_t n = ::recv(options.recv_fd, target + done, p.bytes - done, MSG_DONTWAIT);
+      if (n > 0) {
+        done += static_cast<size_t>(n);
+      } else if (n == 0) {
+        return error(Code::unavailable, "connection closed by the peer");
+      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        pollfd fds[2] = {{options.recv_fd, POLLIN, 0}, {state.stop_receiver.fd(), POLLIN, 0}};
+        int rc = ::poll(fds, 2, timeout_ms);
+        if (rc < 0 && errno != EINTR) return error(Code::unavailable, errno_text("poll", errno));
+        if (rc == 0) return timeout_error(options.idle_timeout, "receiving");
+        if (fds[1].revents != 0) return error(Code::cancelled, "the send stream failed");
+      } else if (errno != EINTR) {
+        return error(Code::unavailable, errno_text("recv", errno));
+      }
+    }
+    if (p.add_into != nullptr) add_into(p.add_into, options.scratch->data(), p.bytes / sizeof(float));
+    state.received.store(i + 1, std::memory_order_release);
+    signal_progress(state);
+  }
+  return {};
+}
+
+// The send stream, on the calling thread. Returns ok without finishing when the receiver failed.
+Status send_all(const RingPlan& plan, const TransferOptions& options, ThreadedState& state) {
+  const int timeout_ms = poll_timeout_ms(options.idle_timeout);
+  // Sleeps until the send socket is ready for `events` (always watched for a hang-up) or the
+  // receiver signals; false when the receiver failed.
+  auto wait = [&](short events, int wait_ms, const char* doing) -> Result<bool> {
+    pollfd fds[2] = {{options.send_fd, static_cast<short>(events | POLLRDHUP), 0}, {state.progress.get(), POLLIN, 0}};
+    int rc = ::poll(fds, 2, wait_ms);
+    if (rc < 0 && errno != EINTR) return error(Code::unavailable, errno_text("poll", errno));
+    if (rc == 0) return timeout_error(options.idle_timeout, doing);
+    if ((fds[0].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLIN)) != 0) return send_socket_error(options.send_fd);
+    if (fds[1].revents != 0) {
+      uint64_t count = 0;
+      [[maybe_unused]] ssize_t n = ::read(state.progress.get(), &count, sizeof count);
+    }
+    return !state.recv_failed.load(std::memory_order_acquire);
+  };
+  for (const SendPiece& p : plan.sends) {
+    // The receiver owns the idle timeout while we wait for its data.
+    while (p.after_recv >= static_cast<long>(state.received.load(std::memory_order_acquire))) {
+      auto alive = wait(0, -1, "waiting");
+      if (!alive.ok()) return alive.status();
+      if (!*alive) return {};
+    }
+    for (size_t done = 0; done < p.bytes;) {
+      ssize_t n = ::send(options.send_fd, p.data + done, p.bytes - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) {
+        done += static_cast<size_t>(n);
+      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        auto alive = wait(POLLOUT, timeout_ms, "sending");
+        if (!alive.ok()) return alive.status();
+        if (!*alive) return {};
+      } else if (n < 0 && errno != EINTR) {
+        return error(Code::unavailable, errno_text("send", errno));
+      }
+    }
+  }
+  return {};
+}
+
+// Both streams at once on two threads (the caller sends, a new thread receives and sums), so that
+// one never waits for the other's system calls and the two ranks of a loaded machine are not left
+// taking turns. The results do not depend on timing: every piece is summed by the receiver, in plan
+// order, and sent only once summed.
+Status run_threaded(const RingPlan& plan, const TransferOptions& options, RingSide& failed_side) {
+  ThreadedState state;
+  state.progress.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!state.progress.valid() || !state.stop_receiver.valid()) return run_single(plan, options, failed_side);
+  Status received;
+  std::thread receiver([&] {
+    received = receive_all(plan, options, state);
+    if (!received.ok()) {
+      state.recv_failed.store(true, std::memory_order_release);
+      signal_progress(state);
+    }
+  });
+  Status sent = send_all(plan, options, state);
+  if (!sent.ok()) state.stop_receiver.notify();
+  receiver.join();
+  // The stream that failed first: the other one only stopped because of it.
+  if (!received.ok() && received.code() != Code::cancelled) {
+    failed_side = RingSide::recv;
+    return received;
+  }
+  if (!sent.ok()) {
+    failed_side = RingSide::send;
+    return sent;
+  }
+  return {};
+}
+
+}  // namespace
+
+Status run_transfer(const RingPlan& plan, const TransferOptions& options, RingSide& failed_side) {
+  failed_side = RingSide::none;
+  size_t max_add = 0, recv_bytes = 0;
+  for (const RecvPiece& p : plan.recvs) {
+    if (p.add_into != nullptr) max_add = std::max(max_add, p.bytes / sizeof(float));
+    recv_bytes += p.bytes;
+  }
+  if (options.scratch->size() < max_add) options.scratch->resize(max_add);
+  if (!plan.sends.empty() && recv_bytes >= options.receive_thread_min_bytes) {
+    return run_threaded(plan, options, failed_side);
+  }
+  return run_single(plan, options, failed_side);
 }
 
 }  // namespace cairn::detail

@@ -1,9 +1,10 @@
 // The data path of the TCP ring (cluster/collective.h): a collective is planned as two ordered
 // streams of pieces, one sent to the next rank and one received from the previous, where a piece
 // may be sent only once a given received piece has landed (and been summed). One thread drives both
-// streams over non-blocking sockets, so sending, receiving and summing overlap without handing work
-// between threads. (A separate sender thread was measured no faster on 2-core loopback, where the
-// two ranks' threads already keep both cores busy with the kernel's copies.)
+// streams: small plans on the calling thread over non-blocking sockets, large ones with a receive
+// thread beside the sending caller, so that sending, receiving and summing overlap. (One thread per
+// rank was as fast on a quiet 2-core loopback, but under load the two ranks took turns, each asleep
+// while the other worked; see bench/RESULTS.md.)
 #pragma once
 
 #include <chrono>
@@ -55,6 +56,10 @@ struct TransferOptions {
   std::chrono::milliseconds idle_timeout{0};
   // Holds at least the largest add_into piece; reused across transfers.
   std::vector<float>* scratch = nullptr;
+  // Plans that receive at least this many bytes (and send something) run the receive stream on a
+  // thread of its own beside the send stream; smaller ones run both on the calling thread, which
+  // saves starting a thread. Measured in bench/allreduce_bench.cc.
+  size_t receive_thread_min_bytes = size_t{1} << 20;
 };
 
 // Runs `plan` to completion. On failure returns `unavailable` (socket error or peer closed) or

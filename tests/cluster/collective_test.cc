@@ -351,6 +351,36 @@ TEST(Ring, ASilentPeerTimesOut) {
   EXPECT_NE(status.message().find("rank 1 (127.0.0.1:"), std::string::npos) << status.to_string();
 }
 
+// A large all-reduce runs its receive stream on a thread of its own (ring_transfer.h); a silent peer
+// and abort() must stop both threads.
+constexpr size_t kLargeCount = (8u << 20) / sizeof(float);
+
+TEST(Ring, ASilentPeerTimesOutDuringALargeAllReduce) {
+  RingOptions base;
+  base.io_timeout_ms = 200;
+  Ranks ranks;
+  ASSERT_NO_FATAL_FAILURE(ring_ranks(2, ranks, base));
+  std::vector<float> data(kLargeCount, 1.0f);
+  Status status = ranks[0]->all_reduce_sum(data.data(), data.size());  // rank 1 never calls
+  EXPECT_EQ(status.code(), Code::unavailable) << status.to_string();
+  EXPECT_NE(status.message().find("no progress for 200 ms"), std::string::npos) << status.to_string();
+  EXPECT_NE(status.message().find("rank 1 (127.0.0.1:"), std::string::npos) << status.to_string();
+}
+
+TEST(Ring, AbortUnblocksALargeAllReduce) {
+  Ranks ranks;
+  ASSERT_NO_FATAL_FAILURE(ring_ranks(2, ranks));
+  Status waiting;
+  std::vector<float> data(kLargeCount, 1.0f);
+  std::thread waiter([&] { waiting = ranks[0]->all_reduce_sum(data.data(), data.size()); });
+  ranks[0]->abort();
+  waiter.join();
+  EXPECT_EQ(waiting.code(), Code::cancelled) << waiting.to_string();
+  Status peer = ranks[1]->all_reduce_sum(data.data(), data.size());
+  EXPECT_EQ(peer.code(), Code::unavailable) << peer.to_string();
+  EXPECT_NE(peer.message().find("rank 0 (127.0.0.1:"), std::string::npos) << peer.to_string();
+}
+
 // ---- Ranks in separate processes ----
 
 constexpr size_t k16MiB = (16u << 20) / sizeof(float);
