@@ -7,6 +7,7 @@ list(APPEND CAIRN_MODEL_SOURCES
 list(APPEND CAIRN_MODEL_TORCH_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/engine.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/detail/decode_attention.cc
+  ${CMAKE_CURRENT_SOURCE_DIR}/detail/dot_linear.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/detail/engine_linear.cc)
 # The decode attention kernel and the column-blocked projections share their work through
 # at::parallel_for, whose OpenMP pragma only splits the work in files compiled with OpenMP; they
