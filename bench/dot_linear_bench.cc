@@ -4,9 +4,10 @@
 // over the ATen threads) at 1 and 2 threads, and plain at::mm at 1 thread. Rows M are the tokens of
 // a step: 1 to 64 in decode, 256 a prefill chunk.
 //
-//   dot_linear_bench [--results]
+//   dot_linear_bench [--results] [--memory-only]
 //
-// --results appends a section to bench/RESULTS.md. Run with OPENBLAS_NUM_THREADS=1.
+// --results appends a section to bench/RESULTS.md; --memory-only runs only the table with weights
+// from memory. Run with OPENBLAS_NUM_THREADS=1.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -50,7 +51,16 @@ double seconds_per_call(const std::function<void()>& f) {
 double gflops(int64_t m, int64_t n, int64_t k, double seconds) { return 2.0 * m * n * k / seconds / 1e9; }
 
 int run(int argc, char** argv) {
-  const bool results = argc > 1 && std::strcmp(argv[1], "--results") == 0;
+  bool results = false, warm = true;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--results") == 0) {
+      results = true;
+    } else if (std::strcmp(argv[i], "--memory-only") == 0) {
+      warm = false;
+    } else {
+      die(std::string("usage: dot_linear_bench [--results] [--memory-only]; got ") + argv[i]);
+    }
+  }
   at::InferenceMode inference;
   const MachineInfo machine = describe_machine();
   std::ostringstream table;
@@ -59,7 +69,7 @@ int run(int argc, char** argv) {
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{512, 512}, {1376, 512}, {512, 1376}, {8192, 512}};
   const std::vector<int64_t> row_counts = {1, 8, 32, 64, 256};
   at::manual_seed(0);
-  for (const auto& [n, k] : shapes) {
+  for (const auto& [n, k] : warm ? shapes : std::vector<std::pair<int64_t, int64_t>>{}) {
     const at::Tensor w = at::randn({n, k}) * 0.05;
     for (int64_t m : row_counts) {
       const at::Tensor x = at::randn({m, k});
@@ -79,6 +89,29 @@ int run(int argc, char** argv) {
       }
     }
   }
+  // Weights from memory, as in the engine (8 layers of ~12 MiB plus the head do not fit the cache):
+  // one call on each of 16 distinct [1376, 512] weights (45 MiB) per timed round.
+  std::ostringstream cold;
+  cold << "\nWeights from memory (one call on each of 16 distinct 1376 x 512 weights, 45 MiB, per round; 1 thread):\n\n"
+       << "| M | dot GFLOP/s | blocked BLAS GFLOP/s | dot / BLAS |\n| --- | --- | --- | --- |\n";
+  std::vector<at::Tensor> weights;
+  for (int i = 0; i < 16; ++i) weights.push_back(at::randn({1376, 512}) * 0.05);
+  at::set_num_threads(1);
+  for (int64_t m : {1, 8, 32, 64}) {
+    const at::Tensor x = at::randn({m, 512});
+    auto all = [&](detail::ProjectionKernel kernel) {
+      for (const at::Tensor& w : weights) detail::column_blocked_mm(x, w, {}, kernel);
+    };
+    const double dot = seconds_per_call([&] { all(detail::ProjectionKernel::kDot); });
+    const double blas = seconds_per_call([&] { all(detail::ProjectionKernel::kBlas); });
+    std::ostringstream line;
+    line << "| " << m << " | " << fixed(gflops(16 * m, 1376, 512, dot), 1) << " | "
+         << fixed(gflops(16 * m, 1376, 512, blas), 1) << " | " << fixed(blas / dot, 2) << " |\n";
+    std::fputs(line.str().c_str(), stdout);
+    std::fflush(stdout);
+    cold << line.str();
+  }
+  table << cold.str();
   if (results) {
     std::ostringstream section;
     section << "\n## dot_linear_bench, " << machine.date_utc << "\n\n" << machine_summary(machine)
