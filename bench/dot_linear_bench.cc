@@ -4,10 +4,10 @@
 // over the ATen threads) at 1 and 2 threads, and plain at::mm at 1 thread. Rows M are the tokens of
 // a step: 1 to 64 in decode, 256 a prefill chunk.
 //
-//   dot_linear_bench [--results] [--memory-only]
+//   dot_linear_bench [--no-results] [--memory-only]
 //
-// --results appends a section to bench/RESULTS.md; --memory-only runs only the table with weights
-// from memory. Run with OPENBLAS_NUM_THREADS=1.
+// Appends a section to bench/RESULTS.md unless --no-results; --memory-only runs only the table with
+// weights from memory. Run with OPENBLAS_NUM_THREADS=1.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -51,14 +51,14 @@ double seconds_per_call(const std::function<void()>& f) {
 double gflops(int64_t m, int64_t n, int64_t k, double seconds) { return 2.0 * m * n * k / seconds / 1e9; }
 
 int run(int argc, char** argv) {
-  bool results = false, warm = true;
+  bool results = true, warm = true;
   for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--results") == 0) {
-      results = true;
+    if (std::strcmp(argv[i], "--no-results") == 0) {
+      results = false;
     } else if (std::strcmp(argv[i], "--memory-only") == 0) {
       warm = false;
     } else {
-      die(std::string("usage: dot_linear_bench [--results] [--memory-only]; got ") + argv[i]);
+      die(std::string("usage: dot_linear_bench [--no-results] [--memory-only]; got ") + argv[i]);
     }
   }
   at::InferenceMode inference;

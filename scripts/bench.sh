@@ -15,7 +15,7 @@ build_dir="${BUILD_DIR:-$root/build-release}"
 # Tests are not needed to benchmark, and leaving them out keeps the Release build short.
 cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCAIRN_BUILD_BENCH=ON \
   -DCAIRN_BUILD_TESTS=OFF >/dev/null
-cmake --build "$build_dir" --target cairn protocol_bench registry_bench allreduce_bench serve_bench
+cmake --build "$build_dir" --target cairn protocol_bench registry_bench allreduce_bench serve_bench dot_linear_bench
 
 # One line per benchmark; each appends its own section to bench/RESULTS.md.
 echo "== protocol_bench (issue #2)" >&2
@@ -36,6 +36,8 @@ if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-torch >/dev/null
 fi
 OPENBLAS_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 "$build_dir/bench/serve_bench"
+echo "== dot_linear_bench (issue #6: the engine's projection kernel against OpenBLAS)" >&2
+OPENBLAS_NUM_THREADS=1 "$build_dir/bench/dot_linear_bench"
 echo "== train_bench (issue #5)" >&2
 # Its peers are PyTorch eager and DDP over gloo (Debian's python3-torch), installed here when missing;
 # the bench sets the thread and malloc environment for both sides itself.

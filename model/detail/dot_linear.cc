@@ -145,6 +145,11 @@ bool dot_linear_uses_avx2() {
 #endif
 }
 
+void dot_linear_portable(const DotLinearArgs& args) {
+  if (args.rows <= 0 || args.cols <= 0) return;
+  linear_generic(args);
+}
+
 void dot_linear(const DotLinearArgs& args) {
   if (args.rows <= 0 || args.cols <= 0) return;
 #if defined(__x86_64__)

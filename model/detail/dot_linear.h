@@ -29,6 +29,9 @@ struct DotLinearArgs {
 
 void dot_linear(const DotLinearArgs& args);
 
+// The plain C++ path alone: what dot_linear runs where the CPU lacks AVX2 or FMA (for tests).
+void dot_linear_portable(const DotLinearArgs& args);
+
 // Whether dot_linear takes its AVX2+FMA path in this process.
 bool dot_linear_uses_avx2();
 

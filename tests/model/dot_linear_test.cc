@@ -16,10 +16,12 @@
 namespace cairn::detail {
 namespace {
 
-// y = x w^T (+ bias) through dot_linear on contiguous tensors, for rows [first, last) and columns
-// [col_begin, col_end).
+using Kernel = void (*)(const DotLinearArgs&);
+
+// y = x w^T (+ bias) through `kernel` (dot_linear or its portable path) on contiguous tensors, for
+// rows [first, last) and columns [col_begin, col_end).
 at::Tensor dot(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, int64_t first, int64_t last,
-               int64_t col_begin, int64_t col_end) {
+               int64_t col_begin, int64_t col_end, Kernel kernel = dot_linear) {
   at::Tensor y = at::full({last - first, col_end - col_begin}, std::nanf(""));
   DotLinearArgs a;
   a.x = x.data_ptr<float>() + first * x.size(1);
@@ -32,7 +34,7 @@ at::Tensor dot(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
   a.rows = last - first;
   a.cols = col_end - col_begin;
   a.depth = x.size(1);
-  dot_linear(a);
+  kernel(a);
   return y;
 }
 
@@ -47,13 +49,14 @@ at::Tensor reference(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 // around the 4 x 3 tiles.
 TEST(DotLinear, MatchesMatmulOnEveryTileAndTail) {
   at::manual_seed(1);
+  for (Kernel kernel : {&dot_linear, &dot_linear_portable})
   for (int64_t depth : {1, 7, 8, 9, 13, 64, 100, 512, 1376}) {
     for (int64_t rows : {1, 2, 3, 4, 5, 9, 33}) {
       for (int64_t cols : {1, 2, 3, 4, 7, 13}) {
         for (bool with_bias : {false, true}) {
           const at::Tensor x = at::randn({rows, depth}), w = at::randn({cols, depth});
           const at::Tensor bias = with_bias ? at::randn({cols}) : at::Tensor();
-          const at::Tensor y = dot(x, w, bias, 0, rows, 0, cols);
+          const at::Tensor y = dot(x, w, bias, 0, rows, 0, cols, kernel);
           EXPECT_TRUE(at::allclose(y, reference(x, w, bias), 1e-4, 1e-4 * std::sqrt(static_cast<double>(depth))))
               << "depth " << depth << " rows " << rows << " cols " << cols << " bias " << with_bias;
         }
@@ -64,7 +67,12 @@ TEST(DotLinear, MatchesMatmulOnEveryTileAndTail) {
 
 TEST(DotLinear, RowsAndColumnsAreIndependentOfTheRestBitwise) {
   at::manual_seed(2);
+  for (Kernel kernel : {&dot_linear, &dot_linear_portable})
   for (int64_t depth : {13, 512, 1376}) {
+    auto dot = [kernel](const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, int64_t first,
+                        int64_t last, int64_t col_begin, int64_t col_end) {
+      return detail::dot(x, w, bias, first, last, col_begin, col_end, kernel);
+    };
     const int64_t rows = 11, cols = 14;
     const at::Tensor x = at::randn({rows, depth}), w = at::randn({cols, depth}), bias = at::randn({cols});
     const at::Tensor all = dot(x, w, bias, 0, rows, 0, cols);
