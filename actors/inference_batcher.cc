@@ -616,18 +616,13 @@ struct BatcherState {
 
 constexpr std::string_view kLoadedPrefix = "serve.loaded/";
 
+// The load request as `cairn serve load` sent it, and the node boot that loaded it.
 struct LoadedRecord {
-  std::string name;
-  std::string source;
-  std::vector<msg::InferAdapter> adapters;
-  bool persist = false;
-  uint64_t boot = 0;  // the node boot that loaded it
+  msg::InferLoadRequest load;
+  uint64_t boot = 0;
   template <class V>
   void fields(V& v) {
-    v("name", name);
-    v("source", source);
-    v.optional("adapters", adapters);
-    v.optional("persist", persist);
+    load.fields(v);
     v("boot", boot);
   }
 };
@@ -636,7 +631,7 @@ struct LoadedRecord {
 // forget it.
 void record_loaded(const InferenceContext& context, const ServedModel& model) {
   if (context.store == nullptr) return;
-  LoadedRecord record{model.name, model.source, model.adapters, model.persist, context.boot_count};
+  LoadedRecord record{{model.name, model.source, model.adapters, model.persist}, context.boot_count};
   Status written = context.store->put(storage::kNodeFamily, std::string(kLoadedPrefix) + model.name, wire::encode(record));
   if (!written.ok()) spdlog::error("serve {}: cannot record the load, a restart will forget it: {}", model.name, written.to_string());
 }
@@ -657,7 +652,7 @@ std::vector<LoadedRecord> records_to_restore(const InferenceContext& context) {
     if (!record.ok()) {
       spdlog::error("serve: dropping the unreadable load record {}: {}", key, record.status().to_string());
       stale.emplace_back(key);
-    } else if (record->persist || record->boot == context.boot_count) {
+    } else if (record->load.persist || record->boot == context.boot_count) {
       out.push_back(std::move(record).value());
     } else {
       stale.emplace_back(key);
@@ -1061,14 +1056,15 @@ caf::behavior batcher_actor(Self self, InferenceContext context) {
   };
   for (const auto& [name, source] : st.context.options.models) start_startup(name, source, {}, false);
   for (auto& record : records_to_restore(st.context)) {
-    if (st.models.count(record.name) != 0) {
+    msg::InferLoadRequest& load = record.load;
+    if (st.models.count(load.name) != 0) {
       spdlog::warn("serve {}: serve.models names it; the model loaded at run time under that name is not restored",
-                   record.name);
-      forget_loaded(st.context, record.name);
+                   load.name);
+      forget_loaded(st.context, load.name);
       continue;
     }
-    spdlog::info("serve {}: restoring the model loaded at run time from {}", record.name, record.source);
-    start_startup(record.name, record.source, std::move(record.adapters), record.persist);
+    spdlog::info("serve {}: restoring the model loaded at run time from {}", load.name, load.source);
+    start_startup(load.name, load.source, std::move(load.adapters), load.persist);
   }
   return {
       [self](CallMessage& message) { serve(self, message.call); },
