@@ -359,29 +359,24 @@ TEST_F(TrainIntegrationTest, FailuresOnEitherNodeRestartTheJobOnAllNodesFromTheC
 
   std::unique_ptr<Client> other_client;
   CAIRN_ASSERT_OK_AND_ASSIGN(other_client, Client::connect(other->client_options(Role::admin)));
-  Status killed = Status(Code::internal, "not killed");
-  auto crashed = run_job(*client_, yaml, spanning, [&](const std::string& job_id) {
-    auto reply = other_client->call(msg::kKillActor, wire::encode(msg::KillActor{"train/" + job_id + "/trainer-1"}));
-    killed = reply.ok() ? Status() : reply.status();
-  });
-  CAIRN_ASSERT_OK(killed);
-  ASSERT_TRUE(crashed.ok()) << crashed.status().to_string() << node_->diagnostics();
-  EXPECT_EQ(crashed->state, "succeeded") << crashed->reason << node_->diagnostics() << other->diagnostics();
-  EXPECT_EQ(crashed->restarts, 1u);
-  EXPECT_EQ(crashed->parameters_digest, reference->parameters_digest);
-
+  // A crash of rank `rank`'s trainer actor, killed through `node`, restarts both ranks.
+  auto expect_resumed_after_kill = [&](Client& node, int rank) {
+    SCOPED_TRACE("killing trainer-" + std::to_string(rank));
+    Status killed = Status(Code::internal, "not killed");
+    auto crashed = run_job(*client_, yaml, spanning, [&](const std::string& job_id) {
+      const std::string actor = "train/" + job_id + "/trainer-" + std::to_string(rank);
+      auto reply = node.call(msg::kKillActor, wire::encode(msg::KillActor{actor}));
+      killed = reply.ok() ? Status() : reply.status();
+    });
+    CAIRN_ASSERT_OK(killed);
+    ASSERT_TRUE(crashed.ok()) << crashed.status().to_string() << node_->diagnostics();
+    EXPECT_EQ(crashed->state, "succeeded") << crashed->reason << node_->diagnostics() << other->diagnostics();
+    EXPECT_EQ(crashed->restarts, 1u);
+    EXPECT_EQ(crashed->parameters_digest, reference->parameters_digest);
+  };
+  expect_resumed_after_kill(*other_client, 1);
   // And a crash on the home node stops and restarts the other node's rank too.
-  killed = Status(Code::internal, "not killed");
-  Client* home_client = client_.get();
-  auto home_crashed = run_job(*client_, yaml, spanning, [&](const std::string& job_id) {
-    auto reply = home_client->call(msg::kKillActor, wire::encode(msg::KillActor{"train/" + job_id + "/trainer-0"}));
-    killed = reply.ok() ? Status() : reply.status();
-  });
-  CAIRN_ASSERT_OK(killed);
-  ASSERT_TRUE(home_crashed.ok()) << home_crashed.status().to_string() << node_->diagnostics();
-  EXPECT_EQ(home_crashed->state, "succeeded") << home_crashed->reason << node_->diagnostics() << other->diagnostics();
-  EXPECT_EQ(home_crashed->restarts, 1u);
-  EXPECT_EQ(home_crashed->parameters_digest, reference->parameters_digest);
+  expect_resumed_after_kill(*client_, 0);
 }
 
 // The home node of a two-node job is SIGKILLed after a checkpoint and started again on its address
