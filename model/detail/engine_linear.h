@@ -1,5 +1,6 @@
-// The engine's projections split over the ATen threads by output features (CPU BLAS runs
-// single-threaded here, OPENBLAS_NUM_THREADS=1, the ATen threads being the parallelism).
+// The engine's projections (and generate()'s cached path) split over the ATen threads by output
+// features, computed by our own kernel (detail/dot_linear.h) rather than BLAS: OpenBLAS packs the
+// weight on every call, which a decode step of a few dozen rows cannot amortise.
 // Internal to model/ (libtorch); compiled with -fopenmp (model/engine.cmake) so at::parallel_for
 // splits the work.
 #pragma once
