@@ -67,6 +67,12 @@ struct RingOptions {
   size_t chunk_bytes = 512 << 10;
   // SO_SNDBUF / SO_RCVBUF of the ring sockets, in bytes; 0 keeps the kernel's auto-tuning.
   int socket_buffer_bytes = 0;
+  // A collective that receives at least this many bytes per rank runs its receive stream (receive
+  // and sum) on a thread of its own beside the sending thread; smaller ones run both streams on the
+  // calling thread, which saves starting a thread. 8 MiB: on 2-core loopback the thread made 25 and
+  // 64 MiB all-reduces faster (1.6x at 25 MiB, and no more rounds where the ranks took turns under
+  // load), was even at 8 MiB and slower at 1-4 MiB (bench/RESULTS.md, allreduce_bench --mib).
+  size_t receive_thread_min_bytes = size_t{8} << 20;
 };
 
 // A listening socket for this rank's ring connection. Two-phase so that a node can bind (and

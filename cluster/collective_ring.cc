@@ -74,6 +74,7 @@ class RingCollective final : public Collective {
     transfer.recv_fd = prev_.get();
     transfer.idle_timeout = std::chrono::milliseconds(options_.io_timeout_ms);
     transfer.scratch = &scratch_;
+    transfer.receive_thread_min_bytes = options_.receive_thread_min_bytes;
     detail::RingSide side = detail::RingSide::none;
     Status status = detail::run_transfer(plan, transfer, side);
     if (status.ok()) return status;

@@ -57,9 +57,9 @@ struct TransferOptions {
   // Holds at least the largest add_into piece; reused across transfers.
   std::vector<float>* scratch = nullptr;
   // Plans that receive at least this many bytes (and send something) run the receive stream on a
-  // thread of its own beside the send stream; smaller ones run both on the calling thread, which
-  // saves starting a thread. Measured in bench/allreduce_bench.cc.
-  size_t receive_thread_min_bytes = size_t{1} << 20;
+  // thread of its own beside the send stream; smaller ones run both on the calling thread
+  // (RingOptions::receive_thread_min_bytes).
+  size_t receive_thread_min_bytes = 0;
 };
 
 // Runs `plan` to completion. On failure returns `unavailable` (socket error or peer closed) or

@@ -231,6 +231,25 @@ TEST(Ring, ThreeRanksWithPiecesSmallerThanAChunk) {
   check_collectives(ranks);
 }
 
+// The same collectives with every transfer's receive stream on a thread of its own (large
+// transfers only by default), tiny pieces included.
+TEST(Ring, TwoRanksWithAReceiveThread) {
+  RingOptions base;
+  base.receive_thread_min_bytes = 0;
+  Ranks ranks;
+  ASSERT_NO_FATAL_FAILURE(ring_ranks(2, ranks, base));
+  check_collectives(ranks);
+}
+
+TEST(Ring, ThreeRanksWithAReceiveThreadAndSmallPieces) {
+  RingOptions base;
+  base.receive_thread_min_bytes = 0;
+  base.chunk_bytes = 1002;
+  Ranks ranks;
+  ASSERT_NO_FATAL_FAILURE(ring_ranks(3, ranks, base));
+  check_collectives(ranks);
+}
+
 TEST(Ring, OneRankNeedsNoPeers) {
   auto endpoint = RingEndpoint::listen({"127.0.0.1", 0});
   ASSERT_TRUE(endpoint.ok());
@@ -353,7 +372,7 @@ TEST(Ring, ASilentPeerTimesOut) {
 
 // A large all-reduce runs its receive stream on a thread of its own (ring_transfer.h); a silent peer
 // and abort() must stop both threads.
-constexpr size_t kLargeCount = (8u << 20) / sizeof(float);
+const size_t kLargeCount = RingOptions{}.receive_thread_min_bytes / sizeof(float);
 
 TEST(Ring, ASilentPeerTimesOutDuringALargeAllReduce) {
   RingOptions base;
