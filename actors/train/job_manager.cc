@@ -157,6 +157,9 @@ struct Job {
   std::string pinned_base_model;  // TrainJoinRequest::base_model
   CallPtr join_call;
   CallPtr start_call;
+  // Guest: why its ranks were dropped before train.start came (expire_join); a late train.start
+  // is refused with it. "" = not expired.
+  std::string expired;
 };
 
 struct JobManagerState {
@@ -420,6 +423,21 @@ void maybe_end_generation(Self self, Job& job) {
   end_generation(self, job);
 }
 
+// Guest: the ranks joined in generation `number` got no train.start within train.peer_timeout
+// (the home node died after joining this node, or its start never came). They are dropped: their
+// actors stop, their ring listeners close, their work files go (registry models stay). A later
+// train.start of that generation is refused; a fresh train.join starts over.
+void expire_join(Self self, const std::string& job_id, uint64_t number) {
+  Job* job = find_job(self, job_id);
+  if (job == nullptr || !job->guest || !job->generation || job->generation->number != number) return;
+  Generation& gen = *job->generation;
+  if (gen.started || gen.ending || job->cancelling) return;
+  job->expired = "no train.start from the home node " + job->home + " within train.peer_timeout_ms (" +
+                 std::to_string(options(self).peer_timeout.count()) + " ms)";
+  stop_generation(self, *job, Status(Code::timeout, "the join of job " + job_id + " expired: " + job->expired));
+  maybe_end_generation(self, *job);
+}
+
 void start_generation(Self self, Job& job) {
   auto gen = std::make_unique<Generation>();
   gen->number = self->state.next_generation++;
@@ -534,6 +552,10 @@ void on_prepared(Self self, const JobPrepared& message) {
     joined.address = joined.addresses.front();
     if (job->join_call) job->join_call->reply(joined);
     job->join_call = nullptr;
+    self->delayed_send(self, options(self).peer_timeout,
+                       Continuation{[self, job_id = job->record.status.job_id, number = gen.number] {
+                         expire_join(self, job_id, number);
+                       }});
     return;  // train.start starts the workers
   }
   coordinate(self, *job, self_address);
@@ -1158,6 +1180,10 @@ void start_guest(Self self, const CallPtr& call) {
   if (!request.ok()) return call->fail(request.status());
   Job* job = guest_job(self, call, request->job_id, request->secret);
   if (job == nullptr) return;
+  if (!job->expired.empty()) {
+    return call->fail(Status(Code::timeout, call->op() + ": the join of job " + request->job_id + " expired (" +
+                                                job->expired + "); the home node must send train.join again"));
+  }
   Generation* gen = job->generation.get();
   if (gen == nullptr || gen->preparing || gen->started || gen->ending) {
     return call->fail(Status(Code::unavailable, call->op() + ": job " + request->job_id + " is not waiting to start"));

@@ -63,7 +63,8 @@ struct TrainOptions {
   // Home of a job spanning nodes: how long train.join keeps trying to reach another node that
   // is down, restarting or still stopping the job's previous ranks (retrying with backoff) before
   // the job fails, naming the node. Applies to every generation (the first one and each restart).
-  // Default 60 s.
+  // Also, on a node that joined another node's job: how long the joined ranks wait for train.start
+  // after answering train.join before they are dropped (a late train.start is refused). Default 60 s.
   std::chrono::milliseconds peer_timeout{60000};
 };
 

@@ -17,9 +17,11 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <thread>
 
 #include "cairn/client.h"
 #include "node_process.h"
+#include "runtime/config.h"
 #include "runtime/messages/node.h"
 #include "runtime/messages/train.h"
 #include "test_util.h"
@@ -447,6 +449,76 @@ TEST_F(TrainIntegrationTest, RemoteNodeThatStaysDownFailsTheJobNamingIt) {
   EXPECT_NE(final->reason.find("node " + other_address), std::string::npos) << final->reason;
   EXPECT_NE(final->reason.find("train.peer_timeout_ms"), std::string::npos) << final->reason;
   EXPECT_EQ(final->restarts, 1u) << final->reason;
+}
+
+// Issue #5: a node that accepted train.join but never gets train.start (its home node died in
+// between) drops the joined ranks after train.peer_timeout_ms: the job fails saying the join
+// expired (in train.status and the node's log, naming the job and the home node), its ring
+// listener closes, a late train.start is refused naming the job, and a fresh train.join of the
+// same job (the home node restarting it) is accepted. The test client plays the home node.
+TEST_F(TrainIntegrationTest, JoinedRanksThatNeverStartExpire) {
+  NodeOptions options = train_node_options("  peer_timeout_ms: 1000\n");
+  options.admin_token = node_->admin_token();
+  options.client_token = node_->client_token();
+  std::unique_ptr<NodeProcess> guest;
+  CAIRN_ASSERT_OK_AND_ASSIGN(guest, NodeProcess::start(options));
+  std::unique_ptr<Client> home;
+  CAIRN_ASSERT_OK_AND_ASSIGN(home, Client::connect(guest->client_options(Role::admin)));
+  const std::string dead_home = "127.0.0.1:9";
+  msg::TrainJoinRequest join;
+  join.job_id = "job-of-a-dead-home";
+  join.secret = "secret-of-generation-1";
+  join.config_yaml = job_yaml(data_dir_.path("data.jsonl")) + "num_workers: 2\n";
+  join.home = dead_home;
+  join.ranks = {1};
+  join.world_size = 2;
+  auto joined = home->call_as<msg::TrainJoinReply>(msg::kTrainJoin, join, 60s);
+  ASSERT_TRUE(joined.ok()) << joined.status().to_string() << guest->diagnostics();
+  ASSERT_EQ(joined->addresses.size(), 1u);
+  CAIRN_ASSERT_OK_AND_ASSIGN(HostPort ring, parse_host_port(joined->addresses[0]));
+
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  msg::JobStatus status;
+  while (true) {
+    auto polled = home->call_as<msg::JobStatus>(msg::kTrainStatus, msg::TrainJobRequest{join.job_id}, 10s);
+    ASSERT_TRUE(polled.ok()) << polled.status().to_string();
+    status = *polled;
+    if (msg::job_state_is_final(status.state) || std::chrono::steady_clock::now() > deadline) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(status.state, "failed") << status.reason << guest->diagnostics();
+  EXPECT_NE(status.reason.find("join of job " + join.job_id + " expired"), std::string::npos) << status.reason;
+  EXPECT_NE(status.reason.find("home node " + dead_home), std::string::npos) << status.reason;
+  EXPECT_NE(status.reason.find("train.peer_timeout_ms"), std::string::npos) << status.reason;
+  const std::string log = guest->stderr_text();
+  EXPECT_NE(log.find("train " + join.job_id + ": job failed: timeout: the join of job " + join.job_id + " expired"),
+            std::string::npos)
+      << guest->diagnostics();
+  // The ring listener is closed once the ranks' actors are gone.
+  bool closed = false;
+  while (!closed && std::chrono::steady_clock::now() < deadline) {
+    closed = !RawConnection::connect(ring.port, {}, 1s).ok();
+    if (!closed) std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_TRUE(closed) << "ring listener " << joined->addresses[0] << " still accepts";
+
+  msg::TrainStartRequest start;
+  start.job_id = join.job_id;
+  start.secret = join.secret;
+  start.addresses = {"127.0.0.1:9", joined->addresses[0]};
+  auto late = home->call(msg::kTrainStart, wire::encode(start), 10s);
+  ASSERT_FALSE(late.ok());
+  EXPECT_EQ(late.status().code(), Code::timeout) << late.status().to_string();
+  EXPECT_NE(late.status().message().find("join of job " + join.job_id + " expired"), std::string::npos)
+      << late.status().message();
+
+  join.secret = "secret-of-generation-2";
+  auto again = home->call_as<msg::TrainJoinReply>(msg::kTrainJoin, join, 60s);
+  ASSERT_TRUE(again.ok()) << again.status().to_string() << guest->diagnostics();
+  EXPECT_EQ(again->addresses.size(), 1u);
+  auto running = home->call_as<msg::JobStatus>(msg::kTrainStatus, msg::TrainJobRequest{join.job_id}, 10s);
+  ASSERT_TRUE(running.ok()) << running.status().to_string();
+  EXPECT_FALSE(msg::job_state_is_final(running->state)) << running->state << ": " << running->reason;
 }
 
 // Issue #5: nodes with separate token files. Without train.peer_token the home node's token is
