@@ -14,6 +14,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -147,57 +148,140 @@ struct ModelMetrics {
   Histogram e2e{kE2eBuckets};
 };
 
-// ---- one loaded version ----
+// ---- one loaded engine, and the served versions on it ----
 
-// An engine and the thread that runs its step() loop. Owned by the actor; requests hold it weakly.
-class EngineSlot {
+// An engine and the thread that runs its step() loop. Shared by the slots that serve on it (one
+// base, several adapter versions attached to it); the last slot to go frees it.
+class SharedEngine {
  public:
-  EngineSlot(std::unique_ptr<InferenceEngine> engine, std::string version_name)
-      : version(std::move(version_name)), created(unix_seconds()), engine_(std::move(engine)) {}
-  ~EngineSlot() {
-    if (thread_.joinable()) {
-      engine_->abort_all(Status(Code::shutting_down, "the model is no longer served"));
-      stop_.store(true);
-      engine_->notify();
-      thread_.join();
-    }
-  }
-  EngineSlot(const EngineSlot&) = delete;
-  EngineSlot& operator=(const EngineSlot&) = delete;
-
-  // Starts the loop; `on_exit` runs on the loop's thread once a retired slot has finished.
-  void start(std::function<void()> on_exit) {
-    thread_ = std::thread([this, on_exit = std::move(on_exit)] {
+  SharedEngine(std::unique_ptr<InferenceEngine> engine, uint64_t engine_id) : id(engine_id), engine_(std::move(engine)) {
+    thread_ = std::thread([this] {
+      // Requests in flight at the stop (aborted by the destructor) deliver their final events first.
       for (;;) {
-        const bool busy = engine_->step();
-        if (busy) continue;
+        if (engine_->step()) continue;
         if (stop_.load()) break;
-        if (retired_.load() && inflight.load() == 0) break;
         engine_->wait_for_work(kIdleWait);
       }
-      exited_.store(true);
-      if (on_exit && !stop_.load()) on_exit();
     });
   }
-  // No new requests come; the loop ends once those in flight have finished.
-  void retire() {
-    retired_.store(true);
+  ~SharedEngine() {
+    engine_->abort_all(Status(Code::shutting_down, "the model is no longer served"));
+    stop_.store(true);
     engine_->notify();
+    thread_.join();
   }
-  bool exited() const { return exited_.load(); }
+  SharedEngine(const SharedEngine&) = delete;
+  SharedEngine& operator=(const SharedEngine&) = delete;
   InferenceEngine& engine() { return *engine_; }
-
-  const std::string version;
-  const int64_t created;
-  std::atomic<int64_t> inflight{0};  // submitted, final event not yet delivered
-  // Set by the loader before the slot is handed to the actor, constant after.
-  std::string default_adapter;  // the adapter requests naming the model use ("" the base)
-  std::string base_model;       // for an adapter version, its base ("name/version")
+  const uint64_t id;  // infer.models' engine_id: served names with the same id share this engine
 
  private:
   std::unique_ptr<InferenceEngine> engine_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
+};
+
+// The engines loaded, by their model folder (canonical path), so that an adapter version whose base
+// is already loaded attaches to it. Used by the loader threads. Two first loads of one base that
+// run at the same time each load it (the later one is the one found afterwards).
+class EnginePool {
+ public:
+  std::shared_ptr<SharedEngine> find(const std::string& dir) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = engines_.find(key(dir));
+    if (it == engines_.end()) return nullptr;
+    auto engine = it->second.lock();
+    if (!engine) engines_.erase(it);
+    return engine;
+  }
+  std::shared_ptr<SharedEngine> add(const std::string& dir, std::unique_ptr<InferenceEngine> engine) {
+    auto shared = std::make_shared<SharedEngine>(std::move(engine), next_id());
+    std::lock_guard<std::mutex> lock(mutex_);
+    engines_[key(dir)] = shared;
+    return shared;
+  }
+  uint64_t next_id() { return next_id_.fetch_add(1); }
+
+ private:
+  static std::string key(const std::string& dir) {
+    std::error_code ec;
+    auto canonical = fs::weakly_canonical(dir, ec);
+    return ec ? dir : canonical.string();
+  }
+  std::mutex mutex_;  // guards engines_
+  std::map<std::string, std::weak_ptr<SharedEngine>> engines_;
+  std::atomic<uint64_t> next_id_{1};
+};
+
+// One loaded version of a served model: its engine (maybe shared with other served names) and,
+// for an adapter version, the adapter it attached to it. Owned by the actor; requests hold it weakly.
+class EngineSlot {
+ public:
+  EngineSlot(std::shared_ptr<SharedEngine> shared, std::string version_name)
+      : version(std::move(version_name)), created(unix_seconds()), shared_(std::move(shared)) {}
+  // Detaches its adapter (its requests still in flight end with not_found at the next step); the
+  // engine is freed with its last slot.
+  ~EngineSlot() {
+    if (attached_adapter.empty()) return;
+    Status removed = shared_->engine().unload_adapter(attached_adapter);
+    if (!removed.ok()) spdlog::warn("serve: cannot detach adapter {}: {}", attached_adapter, removed.to_string());
+  }
+  EngineSlot(const EngineSlot&) = delete;
+  EngineSlot& operator=(const EngineSlot&) = delete;
+
+  // `on_exit` runs (on an engine thread) once a retired slot has finished its requests.
+  void start(std::function<void()> on_exit) { on_exit_ = std::move(on_exit); }
+  // No new requests come; on_exit runs once those in flight have finished.
+  void retire() {
+    retired_.store(true);
+    if (became_idle() && on_exit_) on_exit_();
+  }
+  bool exited() const { return exited_.load(); }
+  InferenceEngine& engine() { return shared_->engine(); }
+  uint64_t engine_id() const { return shared_->id; }
+  // Whether other served names (or versions) serve on this slot's engine too.
+  bool shares_engine() const { return shared_.use_count() > 1; }
+
+  // Submits one of this slot's requests (inflight was counted by the caller).
+  Result<uint64_t> submit(EngineRequest request) {
+    std::lock_guard<std::mutex> lock(ids_mutex_);
+    auto id = shared_->engine().submit(std::move(request));
+    if (id.ok()) ids_.insert(*id);
+    return id;
+  }
+  // A request's final event was delivered. Returns on_exit when that left a retired slot idle: the
+  // caller runs it after dropping its reference to the slot (the actor may free the slot then).
+  std::function<void()> finished(uint64_t request_id) {
+    {
+      std::lock_guard<std::mutex> lock(ids_mutex_);
+      ids_.erase(request_id);
+    }
+    --inflight;
+    return became_idle() ? on_exit_ : nullptr;
+  }
+  // Ends this slot's requests in flight: the whole engine's with `why` when no other slot uses it,
+  // else each of its own (finish_reason "cancelled").
+  void abort(const Status& why) {
+    if (!shares_engine()) return shared_->engine().abort_all(why);
+    std::lock_guard<std::mutex> lock(ids_mutex_);
+    for (uint64_t id : ids_) shared_->engine().cancel(id);
+  }
+
+  const std::string version;
+  const int64_t created;
+  std::atomic<int64_t> inflight{0};  // submitted, final event not yet delivered
+  // Set by the loader before the slot is handed to the actor, constant after.
+  std::string default_adapter;   // the adapter requests naming the model use ("" the base)
+  std::string attached_adapter;  // the adapter this slot loaded on the engine, unloaded with it
+  std::string base_model;        // for an adapter version, its base ("name/version")
+
+ private:
+  bool became_idle() { return retired_.load() && inflight.load() == 0 && !exited_.exchange(true); }
+
+  std::shared_ptr<SharedEngine> shared_;
+  std::function<void()> on_exit_;
+  std::mutex ids_mutex_;  // guards ids_
+  std::set<uint64_t> ids_;
   std::atomic<bool> retired_{false};
   std::atomic<bool> exited_{false};
 };
@@ -235,13 +319,14 @@ class Loader {
  public:
   // `retry`: a startup model, whose registry source is retried until it resolves (see the header).
   Loader(uint64_t id, std::string name, SourceSpec spec, std::vector<msg::InferAdapter> adapters, bool retry,
-         const InferenceContext& context, caf::actor batcher)
+         const InferenceContext& context, std::shared_ptr<EnginePool> pool, caf::actor batcher)
       : id_(id),
         name_(std::move(name)),
         spec_(std::move(spec)),
         adapters_(std::move(adapters)),
         retry_(retry),
         context_(context),
+        pool_(std::move(pool)),
         batcher_(std::move(batcher)) {
     thread_ = std::thread([this] { run(); });
   }
@@ -459,23 +544,36 @@ class Loader {
     return slot;
   }
 
-  // An engine on `dir` with the model's adapters; with `own_adapter`, also that adapter folder
-  // under the served name, which requests to the name then use.
+  // A slot on the engine of `dir` with the model's adapters; with `own_adapter`, also that adapter
+  // folder, which requests to the served name then use. A model loaded with no adapters of its own
+  // (infer.load's `adapters`, which could clash by name) serves on the engine already loaded on
+  // `dir`, if any (another served name's, or this name's previous version), attaching its own
+  // adapter to it, instead of loading the base again.
   Result<std::shared_ptr<EngineSlot>> load_dir(const std::string& dir, const std::string& version,
                                                const std::string& own_adapter = {}) {
     const auto started = Clock::now();
-    auto engine = InferenceEngine::load(dir, context_.options.model, context_.options.engine);
-    if (!engine.ok()) return engine.status().with_context("serve " + name_);
+    std::shared_ptr<SharedEngine> shared;
+    if (adapters_.empty()) shared = pool_->find(dir);
+    const bool attached = shared != nullptr;
+    if (!attached) {
+      auto engine = InferenceEngine::load(dir, context_.options.model, context_.options.engine);
+      if (!engine.ok()) return engine.status().with_context("serve " + name_);
+      for (const auto& adapter : adapters_) {
+        CAIRN_RETURN_IF_ERROR((*engine)->load_adapter(adapter.name, adapter.source).with_context("serve " + name_));
+      }
+      shared = pool_->add(dir, std::move(engine).value());
+    }
+    auto slot = std::make_shared<EngineSlot>(std::move(shared), version);
     if (!own_adapter.empty()) {
-      CAIRN_RETURN_IF_ERROR((*engine)->load_adapter(name_, own_adapter).with_context("serve " + name_));
+      // Unique on the engine: versions of one name may overlap during a swap.
+      const std::string adapter = name_ + "@" + version + "#" + std::to_string(pool_->next_id());
+      CAIRN_RETURN_IF_ERROR(slot->engine().load_adapter(adapter, own_adapter).with_context("serve " + name_));
+      slot->attached_adapter = adapter;
+      slot->default_adapter = adapter;
     }
-    for (const auto& adapter : adapters_) {
-      CAIRN_RETURN_IF_ERROR((*engine)->load_adapter(adapter.name, adapter.source).with_context("serve " + name_));
-    }
-    spdlog::info("serve {}: loaded {}{}{} in {:.2f} s", name_, dir, own_adapter.empty() ? "" : " with adapter " + own_adapter,
+    spdlog::info("serve {}: {} {}{}{} in {:.2f} s", name_, attached ? "attached to the loaded" : "loaded", dir,
+                 own_adapter.empty() ? "" : " with adapter " + own_adapter,
                  version.empty() ? "" : " (version " + version + ")", seconds_between(started, Clock::now()));
-    auto slot = std::make_shared<EngineSlot>(std::move(engine).value(), version);
-    if (!own_adapter.empty()) slot->default_adapter = name_;
     return slot;
   }
 
@@ -485,6 +583,7 @@ class Loader {
   const std::vector<msg::InferAdapter> adapters_;
   const bool retry_;
   const InferenceContext context_;
+  const std::shared_ptr<EnginePool> pool_;
   const caf::actor batcher_;
   std::mutex mutex_;  // guards stop_
   std::condition_variable cv_;
@@ -541,7 +640,9 @@ struct RequestState {
       }
       return;
     }
-    if (auto s = slot.lock()) --s->inflight;
+    std::function<void()> exit_notice;
+    if (auto s = slot.lock()) exit_notice = s->finished(event.request_id);
+    if (exit_notice) exit_notice();  // after dropping the reference: the actor may free the slot
     reply.usage.prompt_tokens = event.prompt_tokens;
     reply.usage.completion_tokens = event.completion_tokens;
     reply.usage.total_tokens = event.prompt_tokens + event.completion_tokens;
@@ -602,6 +703,7 @@ struct ServedModel {
 
 struct BatcherState {
   InferenceContext context;
+  std::shared_ptr<EnginePool> pool = std::make_shared<EnginePool>();
   std::map<std::string, std::unique_ptr<ServedModel>> models;
   uint64_t next_loader = 1;
   uint64_t next_request = 1;
@@ -691,6 +793,7 @@ msg::InferModel describe(const ServedModel& m) {
   if (m.current) {
     out.version = m.current->version;
     out.base_model = m.current->base_model;
+    out.engine_id = m.current->engine_id();
     out.created = m.current->created;
     out.max_context = m.current->engine().config().max_position_embeddings;
   }
@@ -715,7 +818,7 @@ Status start_loading(Self self, const std::string& name, const std::string& sour
   model->loader_id = st.next_loader++;
   if (waiter) model->load_waiters.push_back(std::move(waiter));
   model->loader = std::make_unique<Loader>(model->loader_id, name, std::move(spec).value(), std::move(adapters), startup,
-                                           st.context, caf::actor_cast<caf::actor>(self));
+                                           st.context, st.pool, caf::actor_cast<caf::actor>(self));
   st.models[name] = std::move(model);
   return Status::ok_status();
 }
@@ -814,7 +917,7 @@ void submit(Self self, ServedModel& model, const CallPtr& call, const msg::Compl
   state->reply.created = unix_seconds();
   er.on_event = [state](const TokenEvent& event) { state->on_event(event); };
   ++slot->inflight;
-  auto id = engine.submit(std::move(er));
+  auto id = slot->submit(std::move(er));
   if (!id.ok()) {
     --slot->inflight;
     Status status = id.status();
@@ -1019,8 +1122,8 @@ void serve(Self self, const CallPtr& call) {
     Status why(Code::cancelled, "model \"" + model.name + "\" was unloaded");
     for (auto& [c, _] : model.pending) c->fail(why);
     for (auto& c : model.load_waiters) c->fail(why);
-    if (model.current) model.current->engine().abort_all(why);
-    for (auto& slot : model.retiring) slot->engine().abort_all(why);
+    if (model.current) model.current->abort(why);
+    for (auto& slot : model.retiring) slot->abort(why);
     spdlog::info("serve {}: unloaded", model.name);
     forget_loaded(st.context, model.name);
     st.models.erase(it);  // joins the loader and the engine loops (after they deliver the aborts)

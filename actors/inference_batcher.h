@@ -28,8 +28,12 @@
 //   config.json) is served on its base model: the version's base_model lineage ("name/version",
 //   "name@alias" or a folder), else adapter_config.json's base_model_name_or_path, is loaded as the
 //   engine and the adapter is loaded on it under the served name, which requests select by naming
-//   the served model. Each served name has an engine of its own: two served adapters of one base
-//   load the base twice (several adapters on one base: infer.load's `adapters`).
+//   the served model. An adapter version served without infer.load `adapters` of its own whose
+//   base folder (a registry base materializes to <cache_dir>/<model>/<version>) is already loaded
+//   by another served name (or its own previous version) attaches its adapter to that engine
+//   instead of loading the base again (infer.models' engine_id shows the sharing); the engine is
+//   freed when its last served version goes. infer.unload of a name sharing an engine cancels only
+//   its own requests. Served names sharing an engine report the engine's running/waiting/KV stats.
 // - Persistence: the models loaded with infer.load are recorded in the node's store (family "node",
 //   keys "serve.loaded/<name>") and forgotten by infer.unload. When the actor starts it reloads the
 //   records written during this boot of the node (so a supervisor restart of the actor keeps them)

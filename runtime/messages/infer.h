@@ -210,6 +210,9 @@ struct InferModel {
   bool persist = false;
   // For a registry adapter version: the base model it runs on ("name/version" or a folder).
   std::string base_model;
+  // The loaded engine serving the current version (0 while none). Served names with the same id
+  // share one loaded base: adapter versions of one base attach to the engine already loaded on it.
+  uint64_t engine_id = 0;
   template <class V>
   void fields(V& v) {
     v("name", name);
@@ -223,6 +226,7 @@ struct InferModel {
     v.optional("startup", startup);
     v.optional("persist", persist);
     v.optional("base_model", base_model);
+    v.optional("engine_id", engine_id);
   }
 };
 

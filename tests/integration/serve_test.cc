@@ -904,5 +904,117 @@ TEST(ServeAdapterVersion, AnAdapterVersionIsServedOnTheBaseItsLineageNames) {
   EXPECT_NE(refused.status().message().find("names no base model"), std::string::npos) << refused.status().to_string();
 }
 
+TEST(ServeAdapterVersion, AdapterVersionsOfOneBaseShareItsLoadedEngine) {
+  NodeOptions options;
+  options.config_yaml = "node:\n  roles: [echo, registry, inference]\nserve:\n  alias_poll_ms: 50\n";
+  std::unique_ptr<NodeProcess> node;
+  CAIRN_ASSERT_OK_AND_ASSIGN(node, NodeProcess::start(options));
+  TempDir dir;
+  const std::string lora_dir = std::string(CAIRN_SOURCE_DIR) + "/../shared/fixtures/hf/tiny-llama-lora";
+  const std::string base = register_version(*node, fixture_dir(), dir.path("base"));
+  ASSERT_FALSE(base.empty()) << read_file(dir.path("base"));
+  // Two adapters of the base that differ: the fixture, and the fixture at twice its scale (lora_alpha).
+  fs::create_directories(dir.path("strong"));
+  fs::copy_file(lora_dir + "/adapter_model.safetensors", dir.path("strong/adapter_model.safetensors"));
+  auto config = Json::parse(read_file(lora_dir + "/adapter_config.json"));
+  config["lora_alpha"] = config["lora_alpha"].get<int>() * 2;
+  CAIRN_ASSERT_OK(write_file(dir.path("strong/adapter_config.json"), config.dump()));
+  // tiny-ft/1 is the fixture, tiny-ft/2 the strong one; tiny-strong/1 the strong one again.
+  for (const auto& [model, from] : {std::pair<std::string, std::string>{"tiny-ft", lora_dir},
+                                    {"tiny-ft", dir.path("strong")}, {"tiny-strong", dir.path("strong")}}) {
+    auto code = run_program({CAIRN_BINARY, "models", "register", model, "--from", from, "--base-model", "tiny/" + base,
+                             "--connect", node->address(), "--token", node->admin_token()},
+                            dir.path("register.out"), 60s);
+    ASSERT_TRUE(code.ok() && *code == 0) << read_file(dir.path("register.out"));
+  }
+  std::unique_ptr<Client> admin;
+  CAIRN_ASSERT_OK_AND_ASSIGN(admin, Client::connect(node->client_options(Role::admin)));
+  CAIRN_ASSERT_OK(call_status(*admin, msg::kSetAlias, wire::encode(msg::SetAliasRequest{"tiny-ft", "production", "1"})));
+  // The base, two adapter versions under two names, an alias-served adapter; and a reference engine
+  // of its own (infer.load `adapters`) for the fixture adapter's output.
+  for (const auto& [name, source] : {std::pair<std::string, std::string>{"base", "tiny/" + base},
+                                     {"ft", "tiny-ft/1"}, {"strong", "tiny-strong/1"}, {"live", "tiny-ft@production"}}) {
+    msg::InferLoadRequest load;
+    load.name = name;
+    load.source = source;
+    auto loaded = admin->call_as<msg::InferModel>(msg::kInferLoad, load, 60s);
+    ASSERT_TRUE(loaded.ok()) << name << ": " << loaded.status().to_string() << node->diagnostics();
+  }
+  msg::InferLoadRequest reference;
+  reference.name = "ref";
+  reference.source = fixture_dir();
+  reference.adapters = {{"lora", lora_dir}};
+  CAIRN_ASSERT_OK(call_status(*admin, msg::kInferLoad, wire::encode(reference)));
+
+  auto engine_of = [&](const std::string& name) -> uint64_t {
+    auto m = served_model(*admin, name);
+    EXPECT_TRUE(m.ok()) << m.status().to_string();
+    return m.ok() ? m->engine_id : 0;
+  };
+  const uint64_t shared = engine_of("base");
+  ASSERT_NE(shared, 0u);
+  EXPECT_EQ(engine_of("ft"), shared) << "the adapter version loaded its base again";
+  EXPECT_EQ(engine_of("strong"), shared);
+  EXPECT_EQ(engine_of("live"), shared);
+  EXPECT_NE(engine_of("ref"), shared) << "a model with adapters of its own has an engine of its own";
+
+  auto tokens = [&](const std::string& model) {
+    auto reply = admin->call_as<msg::CompletionReply>(msg::kInferCompletions, greedy_for(model, "Adapters change", 16), 60s);
+    EXPECT_TRUE(reply.ok()) << model << ": " << reply.status().to_string();
+    return reply.ok() ? reply->token_ids : std::vector<int64_t>{};
+  };
+  const auto on_base = tokens("base");
+  const auto on_ft = tokens("ft");
+  const auto on_strong = tokens("strong");
+  ASSERT_FALSE(on_base.empty());
+  EXPECT_EQ(on_ft, tokens("ref:lora")) << "the attached adapter answers unlike the same adapter on an engine of its own";
+  EXPECT_NE(on_ft, on_base);
+  EXPECT_NE(on_strong, on_base);
+  EXPECT_NE(on_strong, on_ft) << "the two adapters generate the same tokens; their sharing would go unseen";
+  EXPECT_EQ(tokens("live"), on_ft);
+
+  // The alias moves to the strong adapter under load: no request fails, each answers as its version.
+  std::vector<std::future<Result<std::string>>> futures;
+  auto fire = [&] {
+    futures.push_back(admin->call_future(msg::kInferCompletions, wire::encode(greedy_for("live", "Adapters change", 16)), 120s));
+  };
+  for (int i = 0; i < 8; ++i) fire();
+  CAIRN_ASSERT_OK(call_status(*admin, msg::kSetAlias, wire::encode(msg::SetAliasRequest{"tiny-ft", "production", "2"})));
+  bool swapped = eventually([&] {
+    if (futures.size() < 64) fire();  // well within the admission limit however long the swap takes
+    auto m = served_model(*admin, "live");
+    return m.ok() && m->version == "2";
+  }, 60s);
+  ASSERT_TRUE(swapped) << node->diagnostics();
+  for (int i = 0; i < 8; ++i) fire();
+  std::map<std::string, int> on_version;
+  for (size_t i = 0; i < futures.size(); ++i) {
+    auto body = futures[i].get();
+    ASSERT_TRUE(body.ok()) << "request " << i << " failed across the swap: " << body.status().to_string();
+    auto reply = wire::decode_bytes<msg::CompletionReply>(*body);
+    ASSERT_TRUE(reply.ok());
+    EXPECT_EQ(reply->token_ids, reply->version == "1" ? on_ft : on_strong) << "request " << i << " on " << reply->version;
+    ++on_version[reply->version];
+  }
+  EXPECT_GE(on_version["1"], 8) << "the requests sent before the alias moved";
+  EXPECT_GE(on_version["2"], 8) << "the requests sent after the swap";
+  EXPECT_EQ(engine_of("live"), shared);
+  EXPECT_EQ(tokens("live"), on_strong);
+
+  // Unloading users of the engine keeps it for the others, whatever the order.
+  for (const std::string gone : {"ft", "base", "live"}) {
+    CAIRN_ASSERT_OK(call_status(*admin, msg::kInferUnload, wire::encode(msg::InferUnloadRequest{gone})));
+    EXPECT_EQ(tokens("strong"), on_strong) << "after unloading " << gone;
+    EXPECT_EQ(engine_of("strong"), shared);
+  }
+  // A base loaded again attaches to the engine the remaining adapter keeps.
+  msg::InferLoadRequest again;
+  again.name = "base";
+  again.source = "tiny/" + base;
+  CAIRN_ASSERT_OK(call_status(*admin, msg::kInferLoad, wire::encode(again)));
+  EXPECT_EQ(engine_of("base"), shared);
+  EXPECT_EQ(tokens("base"), on_base);
+}
+
 }  // namespace
 }  // namespace cairn::testing
