@@ -154,21 +154,29 @@ struct ModelMetrics {
 // base, several adapter versions attached to it); the last slot to go frees it.
 class SharedEngine {
  public:
-  SharedEngine(std::unique_ptr<InferenceEngine> engine, uint64_t engine_id) : id(engine_id), engine_(std::move(engine)) {
-    thread_ = std::thread([this] {
+  SharedEngine(std::unique_ptr<InferenceEngine> engine, uint64_t engine_id)
+      : id(engine_id), engine_(std::move(engine)), stop_(std::make_shared<std::atomic<bool>>(false)) {
+    // The loop shares the engine and the stop flag: when the last reference to this object goes on
+    // the loop's own thread (a request's final event holding its slot), the destructor cannot join
+    // it, so it detaches and the loop frees the engine as it ends.
+    thread_ = std::thread([engine = engine_, stop = stop_] {
       // Requests in flight at the stop (aborted by the destructor) deliver their final events first.
       for (;;) {
-        if (engine_->step()) continue;
-        if (stop_.load()) break;
-        engine_->wait_for_work(kIdleWait);
+        if (engine->step()) continue;
+        if (stop->load()) break;
+        engine->wait_for_work(kIdleWait);
       }
     });
   }
   ~SharedEngine() {
     engine_->abort_all(Status(Code::shutting_down, "the model is no longer served"));
-    stop_.store(true);
+    stop_->store(true);
     engine_->notify();
-    thread_.join();
+    if (thread_.get_id() == std::this_thread::get_id()) {
+      thread_.detach();
+    } else {
+      thread_.join();
+    }
   }
   SharedEngine(const SharedEngine&) = delete;
   SharedEngine& operator=(const SharedEngine&) = delete;
@@ -176,9 +184,9 @@ class SharedEngine {
   const uint64_t id;  // infer.models' engine_id: served names with the same id share this engine
 
  private:
-  std::unique_ptr<InferenceEngine> engine_;
+  std::shared_ptr<InferenceEngine> engine_;
+  std::shared_ptr<std::atomic<bool>> stop_;
   std::thread thread_;
-  std::atomic<bool> stop_{false};
 };
 
 // The engines loaded, by their model folder (canonical path), so that an adapter version whose base
