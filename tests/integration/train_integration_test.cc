@@ -162,6 +162,17 @@ class TrainIntegrationTest : public ::testing::Test {
     return final->parameters_digest;
   }
 
+  // A train node with node_'s tokens: another node of a job (fresh data dir, free port), or node_
+  // started again on its `data_dir` (and its `listen` address when given).
+  NodeOptions node_options_sharing_tokens(const std::string& data_dir = "", const std::string& listen = "") const {
+    NodeOptions options = train_node_options();
+    options.admin_token = node_->admin_token();
+    options.client_token = node_->client_token();
+    options.data_dir = data_dir;
+    if (!listen.empty()) options.listen = listen;
+    return options;
+  }
+
   TempDir data_dir_;
   std::unique_ptr<NodeProcess> node_;
   std::unique_ptr<Client> client_;
@@ -213,10 +224,7 @@ TEST_F(TrainIntegrationTest, NodeSigkilledAfterACheckpointResumesTheJobOnRestart
   }
   client_.reset();
 
-  NodeOptions again = train_node_options();
-  again.data_dir = node_->data_dir();
-  again.admin_token = node_->admin_token();
-  again.client_token = node_->client_token();
+  NodeOptions again = node_options_sharing_tokens(node_->data_dir());
   std::unique_ptr<NodeProcess> restarted;
   CAIRN_ASSERT_OK_AND_ASSIGN(restarted, NodeProcess::start(again));
   std::unique_ptr<Client> client;
@@ -234,9 +242,7 @@ TEST_F(TrainIntegrationTest, NodeSigkilledAfterACheckpointResumesTheJobOnRestart
 // `nodes:`). Its final loss equals the same job's with both workers on one node, up to the order
 // the ring and the in-process group sum in.
 TEST_F(TrainIntegrationTest, TwoNodesTrainOneJobTogether) {
-  NodeOptions second = train_node_options();
-  second.admin_token = node_->admin_token();
-  second.client_token = node_->client_token();
+  NodeOptions second = node_options_sharing_tokens();
   std::unique_ptr<NodeProcess> other;
   CAIRN_ASSERT_OK_AND_ASSIGN(other, NodeProcess::start(second));
 
@@ -321,9 +327,7 @@ Result<msg::JobStatus> run_job(Client& client, const std::string& yaml, const st
 // other node fetches it from the home node's registry) and the job ends with the parameters of an
 // uninterrupted run: nothing trained twice, nothing skipped.
 TEST_F(TrainIntegrationTest, FailuresOnEitherNodeRestartTheJobOnAllNodesFromTheCheckpoint) {
-  NodeOptions second = train_node_options();
-  second.admin_token = node_->admin_token();
-  second.client_token = node_->client_token();
+  NodeOptions second = node_options_sharing_tokens();
   std::unique_ptr<NodeProcess> other;
   CAIRN_ASSERT_OK_AND_ASSIGN(other, NodeProcess::start(second));
   const std::string yaml = job_yaml(data_dir_.path("data.jsonl"));
@@ -385,9 +389,7 @@ TEST_F(TrainIntegrationTest, FailuresOnEitherNodeRestartTheJobOnAllNodesFromTheC
 // and data dir: it resumes the job from the checkpoint on both nodes (the other node's ranks
 // stopped when the ring broke) and ends with the uninterrupted run's parameters.
 TEST_F(TrainIntegrationTest, SigkilledHomeNodeResumesTheJobOnBothNodes) {
-  NodeOptions second = train_node_options();
-  second.admin_token = node_->admin_token();
-  second.client_token = node_->client_token();
+  NodeOptions second = node_options_sharing_tokens();
   std::unique_ptr<NodeProcess> other;
   CAIRN_ASSERT_OK_AND_ASSIGN(other, NodeProcess::start(second));
   const std::string yaml = job_yaml(data_dir_.path("data.jsonl"));
@@ -411,11 +413,7 @@ TEST_F(TrainIntegrationTest, SigkilledHomeNodeResumesTheJobOnBothNodes) {
     ASSERT_TRUE(node_->wait_exit());
   }
   client_.reset();
-  NodeOptions again = train_node_options();
-  again.listen = node_->address();
-  again.data_dir = node_->data_dir();
-  again.admin_token = node_->admin_token();
-  again.client_token = node_->client_token();
+  NodeOptions again = node_options_sharing_tokens(node_->data_dir(), node_->address());
   std::unique_ptr<NodeProcess> restarted;
   CAIRN_ASSERT_OK_AND_ASSIGN(restarted, NodeProcess::start(again));
   std::unique_ptr<Client> client;
