@@ -98,9 +98,11 @@ void print_served_models(const msg::InferModelsReply& reply) {
     std::string kept = m.startup && !m.persist ? "start" : m.persist ? "persist" : "run";
     std::string detail = m.state == "ready" ? "context " + std::to_string(m.max_context) : m.error;
     if (!m.base_model.empty()) detail = "on " + m.base_model + (detail.empty() ? "" : "; " + detail);
-    rows.push_back({m.name, m.state, m.version.empty() ? "-" : m.version, m.source, kept, detail});
+    std::string engine = m.engine_id == 0 ? "-" : std::to_string(m.engine_id);
+    rows.push_back({m.name, m.state, m.version.empty() ? "-" : m.version, m.source, kept, engine, detail});
   }
-  print_table({"NAME", "STATE", "VERSION", "SOURCE", "LOADED", "DETAIL"}, rows);
+  // Names with the same ENGINE share one loaded base.
+  print_table({"NAME", "STATE", "VERSION", "SOURCE", "LOADED", "ENGINE", "DETAIL"}, rows);
 }
 
 namespace {
@@ -218,7 +220,8 @@ void add_serve_commands(CLI::App& app) {
 
   leaf(*serve, "list",
        "Served models: state (loading, ready, retrying: the registry source is not there yet, failed: with the "
-       "reason), version, and whether loaded at start, at run time or persistently",
+       "reason), version, whether loaded at start, at run time or persistently, and the engine (names with the "
+       "same engine share one loaded base)",
        args, [args] {
     return show_reply<msg::InferModelsReply>(*args, "serve list", msg::kInferModels, print_served_models);
   });
