@@ -513,10 +513,12 @@ Status write_negated_copy(const std::string& from, const std::string& to) {
   return write_file(to + "/model.safetensors", bytes);
 }
 
-std::string register_version(const NodeProcess& node, const std::string& dir, const std::string& out) {
-  auto code = run_program({CAIRN_BINARY, "models", "register", "tiny", "--from", dir, "--connect", node.address(),
-                           "--token", node.admin_token(), "--json"},
-                          out, 60s);
+std::string register_version(const NodeProcess& node, const std::string& model, const std::string& dir,
+                             const std::string& out, const std::string& base_model = "") {
+  std::vector<std::string> args = {CAIRN_BINARY, "models", "register", model, "--from", dir, "--connect", node.address(),
+                                   "--token", node.admin_token(), "--json"};
+  if (!base_model.empty()) args.insert(args.end(), {"--base-model", base_model});
+  auto code = run_program(args, out, 60s);
   if (!code.ok() || *code != 0) return "";
   auto json = Json::parse(read_file(out), nullptr, false);
   if (json.is_discarded()) return "";
@@ -531,8 +533,8 @@ TEST(ServeHotSwap, AliasMoveUnderLoadSwapsVersionsWithoutFailingARequest) {
   CAIRN_ASSERT_OK_AND_ASSIGN(node, NodeProcess::start(options));
   TempDir dir;
   CAIRN_ASSERT_OK(write_negated_copy(fixture_dir(), dir.path("v2")));
-  const std::string v1 = register_version(*node, fixture_dir(), dir.path("out1"));
-  const std::string v2 = register_version(*node, dir.path("v2"), dir.path("out2"));
+  const std::string v1 = register_version(*node, "tiny", fixture_dir(), dir.path("out1"));
+  const std::string v2 = register_version(*node, "tiny", dir.path("v2"), dir.path("out2"));
   ASSERT_FALSE(v1.empty()) << read_file(dir.path("out1")) << node->diagnostics();
   ASSERT_FALSE(v2.empty()) << read_file(dir.path("out2"));
   std::unique_ptr<Client> admin;
@@ -718,7 +720,7 @@ TEST(ServeReadiness, HealthWaitsForStartupModelsAndNamesTheBrokenAndTheMissingOn
       << status.dump();
 
   // The alias appears: the retrying model picks it up; only the broken one keeps the node unhealthy.
-  const std::string v1 = register_version(*node, fixture_dir(), dir.path("out1"));
+  const std::string v1 = register_version(*node, "tiny", fixture_dir(), dir.path("out1"));
   ASSERT_FALSE(v1.empty()) << read_file(dir.path("out1"));
   CAIRN_ASSERT_OK(call_status(*admin, msg::kSetAlias, wire::encode(msg::SetAliasRequest{"tiny", "production", v1})));
   ASSERT_TRUE(eventually([&] {
@@ -839,22 +841,18 @@ TEST(ServeAdapterVersion, AnAdapterVersionIsServedOnTheBaseItsLineageNames) {
   CAIRN_ASSERT_OK_AND_ASSIGN(node, NodeProcess::start(options));
   TempDir dir;
   const std::string lora_dir = std::string(CAIRN_SOURCE_DIR) + "/../shared/fixtures/hf/tiny-llama-lora";
-  const std::string base = register_version(*node, fixture_dir(), dir.path("base"));
+  const std::string base = register_version(*node, "tiny", fixture_dir(), dir.path("base"));
   ASSERT_FALSE(base.empty()) << read_file(dir.path("base"));
   // One adapter with the lineage set at registration, one naming its base in adapter_config.json.
-  auto code = run_program({CAIRN_BINARY, "models", "register", "tiny-ft", "--from", lora_dir, "--base-model",
-                           "tiny/" + base, "--connect", node->address(), "--token", node->admin_token()},
-                          dir.path("ft"), 60s);
-  ASSERT_TRUE(code.ok() && *code == 0) << read_file(dir.path("ft"));
+  ASSERT_FALSE(register_version(*node, "tiny-ft", lora_dir, dir.path("ft"), "tiny/" + base).empty())
+      << read_file(dir.path("ft"));
   fs::create_directories(dir.path("ft2"));
   fs::copy_file(lora_dir + "/adapter_model.safetensors", dir.path("ft2/adapter_model.safetensors"));
   auto config = Json::parse(read_file(lora_dir + "/adapter_config.json"));
   config["base_model_name_or_path"] = "tiny/" + base;
   CAIRN_ASSERT_OK(write_file(dir.path("ft2/adapter_config.json"), config.dump()));
-  code = run_program({CAIRN_BINARY, "models", "register", "tiny-ft2", "--from", dir.path("ft2"), "--connect",
-                      node->address(), "--token", node->admin_token()},
-                     dir.path("ft2.out"), 60s);
-  ASSERT_TRUE(code.ok() && *code == 0) << read_file(dir.path("ft2.out"));
+  ASSERT_FALSE(register_version(*node, "tiny-ft2", dir.path("ft2"), dir.path("ft2.out")).empty())
+      << read_file(dir.path("ft2.out"));
 
   std::unique_ptr<Client> admin;
   CAIRN_ASSERT_OK_AND_ASSIGN(admin, Client::connect(node->client_options(Role::admin)));
@@ -892,10 +890,8 @@ TEST(ServeAdapterVersion, AnAdapterVersionIsServedOnTheBaseItsLineageNames) {
   fs::create_directories(dir.path("orphan"));
   fs::copy_file(lora_dir + "/adapter_model.safetensors", dir.path("orphan/adapter_model.safetensors"));
   fs::copy_file(lora_dir + "/adapter_config.json", dir.path("orphan/adapter_config.json"));
-  code = run_program({CAIRN_BINARY, "models", "register", "orphan", "--from", dir.path("orphan"), "--connect",
-                      node->address(), "--token", node->admin_token()},
-                     dir.path("orphan.out"), 60s);
-  ASSERT_TRUE(code.ok() && *code == 0) << read_file(dir.path("orphan.out"));
+  ASSERT_FALSE(register_version(*node, "orphan", dir.path("orphan"), dir.path("orphan.out")).empty())
+      << read_file(dir.path("orphan.out"));
   msg::InferLoadRequest orphan;
   orphan.name = "orphan";
   orphan.source = "orphan/1";
@@ -911,7 +907,7 @@ TEST(ServeAdapterVersion, AdapterVersionsOfOneBaseShareItsLoadedEngine) {
   CAIRN_ASSERT_OK_AND_ASSIGN(node, NodeProcess::start(options));
   TempDir dir;
   const std::string lora_dir = std::string(CAIRN_SOURCE_DIR) + "/../shared/fixtures/hf/tiny-llama-lora";
-  const std::string base = register_version(*node, fixture_dir(), dir.path("base"));
+  const std::string base = register_version(*node, "tiny", fixture_dir(), dir.path("base"));
   ASSERT_FALSE(base.empty()) << read_file(dir.path("base"));
   // Two adapters of the base that differ: the fixture, and the fixture at twice its scale (lora_alpha).
   fs::create_directories(dir.path("strong"));
@@ -922,10 +918,8 @@ TEST(ServeAdapterVersion, AdapterVersionsOfOneBaseShareItsLoadedEngine) {
   // tiny-ft/1 is the fixture, tiny-ft/2 the strong one; tiny-strong/1 the strong one again.
   for (const auto& [model, from] : {std::pair<std::string, std::string>{"tiny-ft", lora_dir},
                                     {"tiny-ft", dir.path("strong")}, {"tiny-strong", dir.path("strong")}}) {
-    auto code = run_program({CAIRN_BINARY, "models", "register", model, "--from", from, "--base-model", "tiny/" + base,
-                             "--connect", node->address(), "--token", node->admin_token()},
-                            dir.path("register.out"), 60s);
-    ASSERT_TRUE(code.ok() && *code == 0) << read_file(dir.path("register.out"));
+    ASSERT_FALSE(register_version(*node, model, from, dir.path("register.out"), "tiny/" + base).empty())
+        << read_file(dir.path("register.out"));
   }
   std::unique_ptr<Client> admin;
   CAIRN_ASSERT_OK_AND_ASSIGN(admin, Client::connect(node->client_options(Role::admin)));
